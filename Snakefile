@@ -1,0 +1,32 @@
+# Extremely large minibatch SGD (Akiba et al. 2017) as a pipeline. See README.md.
+#
+# There is no `configfile:` directive on purpose: Snakemake *merges* --configfile into the
+# directive's file, so an experiment would silently inherit the demo's keys. profiles/default
+# names config/config.yaml (the demo) instead, and `--configfile FILE` replaces it.
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version, validate
+
+from pipeline.config import resolve
+
+min_version("9.0")
+
+if not config:
+    raise WorkflowError(
+        "no config: pass --configfile config/experiments/<name>.yaml "
+        "(profiles/default uses config/config.yaml, the demo)"
+    )
+# pipeline/config.py reads the config first: it fills in the defaults, names a bad key or
+# value precisely, and types the strings that `--config 'data={jpeg_quality: 80}'` produces.
+config.update(resolve(config))
+validate(config, "workflow/schemas/config.schema.json", set_default=False)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        verified=DATA.verified,

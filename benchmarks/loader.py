@@ -1,0 +1,255 @@
+"""Our shard loader against torchvision's ImageFolder + PIL, side by side in one run.
+
+Both read the same JPEGs with the same augmentation (RandomResizedCrop 224, scale 0.08-1,
+horizontal flip, ImageNet normalisation), batch size and worker count; runs alternate
+A B A B and the table reports the median and spread of images/s. Our loader's normalisation
+(done on the GPU in training) runs here in the consuming process, so it is counted.
+
+Our loader hands uint8 batches to the training process, which normalises them on the GPU
+(`Normalizer`); ImageFolder's workers normalise on the CPU. The table gives ours both ways:
+as delivered (uint8, what a GPU run consumes) and with the normalisation done on the CPU in the
+consuming process (what a CPU-only run pays).
+
+The ceiling is our per-image decode + crop + resize in a tight loop on one core, times the
+number of workers: what the workers could deliver with zero loader overhead.
+
+    python benchmarks/loader.py                      # ../shared/data/imagenette
+    python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 3 --varied
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torch.utils.data import DataLoader
+from torchvision import datasets
+from torchvision import transforms as T
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.loader import (  # noqa: E402
+    Normalizer,
+    ShardDataset,
+    TrainBatchSampler,
+    TrainTransform,
+    make_loader,
+)
+from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
+from pipeline.paths import DataPaths  # noqa: E402
+
+
+def build_shards(image_root: Path, work: Path, name: str) -> Path:
+    """Shards of `image_root` under `work` (reused when they exist)."""
+    config_path = work / f"{name}.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "bench",
+                "results_dir": str(work),
+                "data": {
+                    "name": name,
+                    "root": str(image_root),
+                    "layout": "folder",
+                    "num_shards": {"train": 4, "val": 1},
+                    "max_side": 500,
+                },
+            }
+        )
+    )
+    config = load_config(config_path)
+    paths = DataPaths.of(config)
+    if not paths.shard_index("train").is_file():
+        run_index(config)
+        run_all_shards(config, jobs=os.cpu_count() or 1)
+    return paths.shard_dir("train")
+
+
+def make_varied_copy(source: Path, target: Path, per_class: int, seed: int = 0) -> Path:
+    """Re-save images at varied sizes and aspect ratios (longer side 300-500, aspect 3:4-16:9,
+    either orientation), as real ImageNet photos vary."""
+    if (target / "train").is_dir():
+        return target
+    rng = np.random.default_rng(seed)
+    for class_dir in sorted((source / "train").iterdir()):
+        out = target / "train" / class_dir.name
+        out.mkdir(parents=True, exist_ok=True)
+        (target / "val" / class_dir.name).mkdir(parents=True, exist_ok=True)
+        for path in sorted(class_dir.glob("*.JPEG"))[:per_class]:
+            long_side = int(rng.integers(300, 501))
+            aspect = rng.uniform(4 / 3, 16 / 9)
+            size = (long_side, int(long_side / aspect))
+            if rng.random() < 0.5:
+                size = size[::-1]
+            image = Image.open(path).convert("RGB").resize(size, Image.Resampling.BICUBIC)
+            image.save(out / path.name, quality=90)
+    for class_dir in sorted((target / "train").iterdir()):  # one val image per class
+        first = next(iter(sorted(class_dir.iterdir())))
+        os.link(first, target / "val" / class_dir.name / first.name)
+    return target
+
+
+def time_loader(loader, batches: int, consume) -> float:
+    iterator = iter(loader)
+    consume(next(iterator))  # workers started, first batch in: steady state from here
+    images = 0
+    start = time.perf_counter()
+    for _ in range(batches):
+        batch = next(iterator)
+        consume(batch)
+        images += batch[1].shape[0]
+    return images / (time.perf_counter() - start)
+
+
+def imagefolder_run(root: Path, batch: int, workers: int, batches: int) -> float:
+    transform = T.Compose(
+        [
+            T.RandomResizedCrop(224),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        ]
+    )
+    dataset = datasets.ImageFolder(str(root), transform=transform)
+    loader = DataLoader(
+        dataset,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=False,
+    )
+    return time_loader(loader, batches, lambda b: None)  # already normalised floats
+
+
+def ours_run(
+    shards: Path, batch: int, workers: int, batches: int, epoch: int, cpu_normalize: bool
+) -> float:
+    dataset = ShardDataset(shards, TrainTransform(224, seed=0))
+    sampler = TrainBatchSampler(len(dataset), batch, seed=0)
+    sampler.set_epoch(epoch)
+    normalize = Normalizer(torch.device("cpu"))
+    loader = make_loader(dataset, sampler, workers)
+    consume = (lambda b: normalize(b[0])) if cpu_normalize else (lambda b: None)
+    return time_loader(loader, batches, consume)
+
+
+def ceiling(shards: Path, count: int) -> float:
+    """Images/s of decode + crop + resize alone, on one core."""
+    torch.set_num_threads(1)
+    dataset = ShardDataset(shards, TrainTransform(224, seed=0))
+    out = torch.empty(224, 224, 3, dtype=torch.uint8)
+    jpegs = [dataset.read(i)[0] for i in range(min(count, len(dataset)))]
+    for i, jpeg in enumerate(jpegs[:20]):
+        dataset.transform(jpeg, 0, i, out)
+    start = time.perf_counter()
+    for i, jpeg in enumerate(jpegs):
+        dataset.transform(jpeg, 1, i, out)
+    rate = len(jpegs) / (time.perf_counter() - start)
+    torch.set_num_threads(os.cpu_count() or 1)
+    return rate
+
+
+def compare(name: str, image_root: Path, shards: Path, args) -> dict:
+    ceiling_rate = ceiling(shards, 1000)
+    rates: dict[str, list[float]] = {"imagefolder": [], "ours": [], "ours_cpu_norm": []}
+    for repeat in range(args.repeats):  # interleaved A B C A B C
+        rates["imagefolder"].append(
+            imagefolder_run(image_root / "train", args.batch, args.workers, args.batches)
+        )
+        for key, cpu_normalize in (("ours", False), ("ours_cpu_norm", True)):
+            rates[key].append(
+                ours_run(shards, args.batch, args.workers, args.batches, repeat, cpu_normalize)
+            )
+        done = ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items())
+        print(f"  [{name}] repeat {repeat + 1}: {done}", flush=True)
+    median = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "images": name,
+        "imagefolder_img_s": median["imagefolder"],
+        "ours_img_s": median["ours"],
+        "ours_cpu_normalize_img_s": median["ours_cpu_norm"],
+        "spread": {k: [min(v), max(v)] for k, v in rates.items()},
+        "ratio": median["ours"] / median["imagefolder"],
+        "ratio_cpu_normalize": median["ours_cpu_norm"] / median["imagefolder"],
+        "ceiling_one_core_img_s": ceiling_rate,
+        "ceiling_x_workers_img_s": ceiling_rate * args.workers,
+        "share_of_ceiling": median["ours"] / (ceiling_rate * args.workers),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared/data/imagenette")
+    parser.add_argument("--work", type=Path, default=PROJECT / "results/bench")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batches", type=int, default=40, help="timed batches per run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--varied", action="store_true", help="also images of varied size")
+    args = parser.parse_args()
+
+    results = [compare("as given", args.data, build_shards(args.data, args.work, "loader"), args)]
+    if args.varied:
+        varied = make_varied_copy(args.data, args.work / "varied-images", per_class=300)
+        results.append(
+            compare("varied size", varied, build_shards(varied, args.work, "varied"), args)
+        )
+
+    print(
+        f"\nLoader benchmark: batch {args.batch}, {args.workers} workers, "
+        f"{args.batches} batches per run, {args.repeats} interleaved repeats, median"
+    )
+    header = (
+        "images",
+        "ImageFolder img/s",
+        "ours img/s (uint8 out)",
+        "ratio",
+        "ours + CPU normalize img/s",
+        "ratio",
+        "ceiling x workers",
+        "ours / ceiling",
+    )
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in results:
+        cells = (
+            r["images"],
+            f"{r['imagefolder_img_s']:.0f}",
+            f"{r['ours_img_s']:.0f}",
+            f"{r['ratio']:.2f}x",
+            f"{r['ours_cpu_normalize_img_s']:.0f}",
+            f"{r['ratio_cpu_normalize']:.2f}x",
+            f"{r['ceiling_x_workers_img_s']:.0f}",
+            f"{100 * r['share_of_ceiling']:.0f} %",
+        )
+        print("| " + " | ".join(cells) + " |")
+    report = {
+        "benchmark": "loader",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores",
+        "torch": torch.__version__,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "results": results,
+    }
+    out = args.work / "loader.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Extremely large minibatch SGD (Akiba, Suzuki and Fukuda, 2017) as a Snakemake pipeline."""

@@ -1,0 +1,244 @@
+"""The one configuration schema of the pipeline.
+
+Every stage reads a YAML file into these pydantic models; `workflow/schemas/config.schema.json`
+is generated from them (`python -m pipeline schema --write`) and the Snakefile validates against
+it. Unknown keys and bad values are errors that name the dotted key, the value and what is
+allowed, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipeline import atomic
+from pipeline.errors import PipelineError
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.json"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration problem, phrased for the person who wrote the config."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NumShards(_Strict):
+    train: int = Field(8, ge=1, le=99999, description="Arrow shard files for the train split.")
+    val: int = Field(2, ge=1, le=99999, description="Arrow shard files for the val split.")
+
+
+class DemoData(_Strict):
+    """The embedded demo: scikit-learn's bundled digits written out as an ImageNet-style tree."""
+
+    image_size: int = Field(32, ge=8, le=512, description="Side of the square JPEGs written.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of each class held out.")
+
+
+class DataConfig(_Strict):
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Dataset name; outputs go to <results_dir>/data/<name>/ and are shared by "
+        "every experiment that names the same dataset.",
+    )
+    root: str = Field(
+        description="Folder holding the images (any layout below). '~' and $VARS are expanded; "
+        "a relative path is relative to the directory Snakemake or the stage runs in."
+    )
+    layout: Literal["auto", "folder", "kaggle", "devkit", "tar"] = Field(
+        "auto", description="How `root` is organised; `auto` detects it."
+    )
+    classes_file: str | None = Field(
+        None,
+        description="Optional class list, one `<wnid> [name]` per line, line order = label. "
+        "Without it, labels are the sorted train class folders.",
+    )
+    demo: DemoData | None = Field(
+        None, description="When set, the `demo-data` stage writes the digits tree to `root`."
+    )
+    num_shards: NumShards = NumShards()
+    shuffle_seed: int = Field(
+        0, description="Seed of the shuffle that assigns images to shards (not the training seed)."
+    )
+    max_side: int = Field(
+        500, ge=32, description="Images whose longer side exceeds this are downscaled to it."
+    )
+    jpeg_quality: int = Field(90, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    rows_per_batch: int = Field(
+        256, ge=1, le=65536, description="Rows per Arrow record batch (far below Arrow's 2 GB)."
+    )
+    image_size: int = Field(224, ge=8, description="Side of the training and validation crops.")
+    crop_scale_min: float = Field(
+        0.08, gt=0, le=1, description="RandomResizedCrop's smallest crop area (Goyal et al.: 0.08)."
+    )
+    hflip: bool = Field(True, description="Random horizontal flips for training.")
+    val_resize: int = Field(
+        256, ge=8, description="Validation: resize the shorter side to this, then center-crop."
+    )
+    loader_workers: int = Field(4, ge=0, description="DataLoader worker processes per rank.")
+
+    @property
+    def root_path(self) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(self.root)))
+
+    @property
+    def classes_path(self) -> Path | None:
+        if self.classes_file is None:
+            return None
+        return Path(os.path.expandvars(os.path.expanduser(self.classes_file)))
+
+
+class Config(_Strict):
+    experiment: str = Field(
+        pattern=NAME_PATTERN, description="Experiment name: run folder and MLflow experiment."
+    )
+    results_dir: str = Field("results", description="Root of every output of the pipeline.")
+    seed: int = Field(0, description="Training seed (model init, sampling, augmentation).")
+    data: DataConfig
+
+    @property
+    def results_path(self) -> Path:
+        return Path(os.path.expandvars(os.path.expanduser(self.results_dir)))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = mapping
+    for i, part in enumerate(parents):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            prefix = ".".join(parents[: i + 1])
+            raise ConfigError(f"cannot set '{dotted}': '{prefix}' is {child!r}, not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`data.max_side=400` -> ('data.max_side', 400); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"--set {key}: cannot read value {raw!r} as YAML: {err}") from None
+    return key.strip(), value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a config file, apply `--set` overrides, validate."""
+    mapping = read_yaml(path)
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(mapping, key, value)
+    return config_from_mapping(mapping, source=str(path))
+
+
+def config_from_mapping(mapping: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(mapping)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source)) from None
+
+
+def resolve(mapping: dict[str, Any]) -> dict[str, Any]:
+    """The validated config with every default filled in, as plain data."""
+    return config_from_mapping(mapping).model_dump(mode="json")
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for problem in err.errors():
+        loc = [str(p) for p in problem["loc"]]
+        key = ".".join(loc)
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
+            lines.append(f"  unknown key '{key}'{hint}; allowed here: {', '.join(sorted(allowed))}")
+        elif problem["type"] == "missing":
+            lines.append(f"  missing required key '{key}'")
+        else:
+            value = problem.get("input")
+            lines.append(f"  {key} = {value!r}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(parent: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in parent:
+        annotation = model.model_fields[part].annotation
+        model = next(
+            (a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)), model
+        )
+    return list(model.model_fields)
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived artefacts
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = (
+        "Generated from pipeline/config.py by `python -m pipeline schema --write`; do not edit."
+    )
+    return schema
+
+
+def schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+def config_hash(config: BaseModel, length: int = 8) -> str:
+    """A short stable hash of a config (or one of its sections)."""
+    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def write_resolved(config: Config, path: Path) -> Path:
+    """Write the fully resolved config (every default filled in) if its content changed.
+
+    Snakemake rules hand this file to the stages, so a stage sees exactly what the workflow saw,
+    including `snakemake --config` overrides. Unchanged content leaves the file untouched.
+    """
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    if not (path.is_file() and path.read_text() == text):
+        atomic.write_text(path, text)
+    return path

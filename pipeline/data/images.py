@@ -1,0 +1,111 @@
+"""Robust decode and re-encode of source images for the shards.
+
+ImageNet really holds CMYK JPEGs, grayscale JPEGs and a PNG named .JPEG. Everything that can be
+read becomes a baseline RGB JPEG no larger than `max_side`; a file that is already one is kept
+byte for byte (re-encoding it would only lose quality). A file that cannot be decoded raises
+`BadImage` with the reason, which the shard stage writes to quarantine.csv.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.io import ImageReadMode, decode_jpeg
+
+RGB = ImageReadMode.RGB
+
+MODE_NAMES = {"L": "grayscale", "1": "bilevel", "CMYK": "CMYK", "YCbCr": "YCbCr"}
+
+
+class BadImage(ValueError):
+    """The bytes are not a decodable image; the message is the reason."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes
+    width: int
+    height: int
+    action: str  # "kept", or "re-encoded: <why>"
+
+
+def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
+    if not data:
+        raise BadImage("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise BadImage("not an image (no known image header)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise BadImage(f"refused as a decompression bomb: {err}") from None
+    except Exception as err:  # PIL raises many types for garbage headers
+        raise BadImage(f"unreadable image header: {err}") from None
+
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise BadImage(f"degenerate size {width}x{height}")
+    reasons = _reencode_reasons(image, max_side)
+    if not reasons:
+        # Keep the bytes, but only if the loader's own decoder reads them completely.
+        try:
+            decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=RGB)
+        except RuntimeError as err:
+            raise BadImage(f"JPEG does not decode: {_short(err)}") from None
+        return Prepared(data, width, height, "kept")
+
+    scale = max_side / max(width, height)
+    if scale < 1:
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        # JPEG DCT scaling: decode at 1/2, 1/4 or 1/8 when that still covers the target size.
+        image.draft("RGB", target)
+    else:
+        target = (width, height)
+    try:
+        image.load()
+    except Exception as err:  # OSError for truncation, SyntaxError/ValueError for corruption
+        raise BadImage(f"cannot decode {image.format}: {_short(err)}") from None
+    rgb = to_rgb(image)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    out = io.BytesIO()
+    rgb.save(out, format="JPEG", quality=quality, progressive=False, optimize=False)
+    return Prepared(out.getvalue(), target[0], target[1], "re-encoded: " + ", ".join(reasons))
+
+
+def _reencode_reasons(image: Image.Image, max_side: int) -> list[str]:
+    reasons = []
+    if image.format != "JPEG":
+        reasons.append(f"{image.format or 'unknown'} file")
+    elif image.mode != "RGB":
+        reasons.append(f"{MODE_NAMES.get(image.mode, image.mode)} JPEG")
+    elif image.info.get("progressive") or image.info.get("progression"):
+        reasons.append("progressive JPEG")
+    if max(image.size) > max_side:
+        reasons.append(f"longer side {max(image.size)} > max_side {max_side}")
+    return reasons
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode to RGB; transparency is composited onto white rather than dropped to black."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    # CMYK JPEGs from Adobe tools store inverted values; PIL's JPEG plugin undoes that itself.
+    return image.convert("RGB")
+
+
+def _short(err: Exception) -> str:
+    """torchvision prefixes errors with its source path; keep only the message."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.rsplit(", ", 1)[-1] if "decode_jpeg" in text else text

@@ -1,0 +1,70 @@
+"""Where every output lives. The stages and `workflow/rules/common.smk` both build paths here,
+so a rule's declared outputs and the files a stage writes cannot drift apart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+
+SPLITS = ("train", "val")
+# Shard file stem; common.smk uses it verbatim as the wildcard pattern of the shard rule.
+SHARD_STEM = "{split}-{index}-of-{total}"
+
+
+def shard_name(split: str, index: int, count: int) -> str:
+    return SHARD_STEM.format(split=split, index=f"{index:05d}", total=f"{count:05d}")
+
+
+@dataclass(frozen=True)
+class DataPaths:
+    """Outputs of the data stages for one dataset: `<results_dir>/data/<data.name>/`."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: Config) -> DataPaths:
+        return cls(config.results_path / "data" / config.data.name)
+
+    @property
+    def demo_done(self) -> Path:
+        return self.root / "demo-data.json"
+
+    def manifest(self, split: str) -> Path:
+        return self.root / "manifest" / f"{split}.parquet"
+
+    @property
+    def index_summary(self) -> Path:
+        """What the index stage found: layout, counts per split, ignored non-image files."""
+        return self.root / "manifest" / "summary.json"
+
+    @property
+    def classes(self) -> Path:
+        return self.root / "classes.json"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine.csv"
+
+    def shard_dir(self, split: str) -> Path:
+        return self.root / "shards" / split
+
+    def shard(self, split: str, index: int, count: int) -> Path:
+        return self.shard_dir(split) / f"{shard_name(split, index, count)}.arrow"
+
+    def shard_stats(self, split: str, index: int, count: int) -> Path:
+        """Per-shard sidecar the shard job writes (rows, sha256, quarantined files)."""
+        return self.shard_dir(split) / f"{shard_name(split, index, count)}.json"
+
+    def shard_index(self, split: str) -> Path:
+        return self.shard_dir(split) / "index.json"
+
+    @property
+    def verified(self) -> Path:
+        return self.root / "shards" / "verified.json"
+
+
+def resolved_config_path(config: Config) -> Path:
+    """Where the workflow writes the fully resolved config it hands to the stages."""
+    return config.results_path / "configs" / f"{config.experiment}.yaml"

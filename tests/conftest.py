@@ -1,0 +1,131 @@
+"""Shared test helpers: where the real images are, and how to write a config for a test."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+PROJECT = Path(__file__).resolve().parent.parent
+# Real ImageNet-derived images; never copied into the project (see ../shared/data/README.md).
+SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+
+
+def shared_dataset(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(
+            f"{path} not found: these tests need the shared test images "
+            "(set PIPELINE_SHARED_DATA to the folder that holds imagenette-ci/ etc.)"
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def imagenette_ci() -> Path:
+    return shared_dataset("imagenette-ci")
+
+
+@pytest.fixture(scope="session")
+def ilsvrc_sample() -> Path:
+    return shared_dataset("ilsvrc2012-sample")
+
+
+def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            deep_update(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def write_config(folder: Path, data_root: Path, **changes: Any) -> Path:
+    """A small config for tests: results under `folder`, data from `data_root`."""
+    config = {
+        "experiment": "test",
+        "results_dir": str(folder / "results"),
+        "seed": 0,
+        "data": {
+            "name": "testdata",
+            "root": str(data_root),
+            "num_shards": {"train": 2, "val": 1},
+            "max_side": 256,
+            "image_size": 64,
+            "val_resize": 73,
+            "loader_workers": 0,
+        },
+    }
+    deep_update(config, changes)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def run_stage(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in a subprocess, as Snakemake runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def venv_env() -> dict[str, str]:
+    """The environment for a Snakemake subprocess: this interpreter's bin first on PATH."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def snakemake_bin() -> str:
+    found = shutil.which("snakemake", path=str(Path(sys.executable).parent))
+    assert found, "snakemake is not installed next to this interpreter"
+    return found
+
+
+def make_folder_dataset(
+    root: Path, classes: int = 3, train: int = 10, val: int = 4, size: tuple[int, int] = (48, 40)
+) -> Path:
+    """A small `train/<class>/`, `val/<class>/` tree of JPEGs whose colour encodes the class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", train), ("val", val)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = np.array([80 * c % 256, 255 - 60 * c % 256, 40 + 50 * c % 256])
+                pixels = np.clip(base + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255)
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img{i:03d}.JPEG")
+    return root
+
+
+def build_shards(config_path: Path):
+    """index + every shard + shard-index, in this process; returns the loaded config."""
+    from pipeline.config import load_config
+    from pipeline.data.stages import run_all_shards, run_index
+
+    config = load_config(config_path)
+    run_index(config)
+    run_all_shards(config, jobs=1)
+    return config
+
+
+def planned_rules(dry_run_output: str) -> set[str]:
+    """The rules a `snakemake -n` run would execute."""
+    return set(re.findall(r"^(?:local)?rule (\w+):$", dry_run_output, flags=re.MULTILINE))

@@ -1,0 +1,85 @@
+"""The data rules through Snakemake itself: lint, dry run, a real run, a single-shard rebuild."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import PROJECT, planned_rules, snakemake_bin, venv_env, write_config
+from pipeline.config import load_config
+from pipeline.paths import DataPaths
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run(
+        [snakemake_bin(), "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=900,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, "--lint", "--configfile", str(PROJECT / "config/config.yaml"))
+    assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
+
+
+def test_dry_run_plans_one_job_per_shard(tmp_path, imagenette_ci):
+    config = write_config(tmp_path, imagenette_ci, data={"num_shards": {"train": 3, "val": 2}})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config))
+    out = result.stdout
+    for rule, count in [("index", 1), ("shard", 5), ("shard_index", 1), ("verify", 1)]:
+        assert f"\n{rule:<15}{count:>3}" in out or f"{rule} " in out, out
+    assert "demo_data" not in out  # a real dataset has no demo rule
+
+
+def test_bad_config_is_refused_before_anything_runs(tmp_path, imagenette_ci):
+    config = write_config(tmp_path, imagenette_ci, data={"jpeg_quality": 0})
+    result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
+    assert result.returncode != 0
+    assert "jpeg_quality" in result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_data_rules_run_and_one_shard_can_be_rebuilt_alone(tmp_path, imagenette_ci):
+    config_path = write_config(tmp_path, imagenette_ci)
+    snakemake(tmp_path, "--cores", "2", "--configfile", str(config_path))
+    paths = DataPaths.of(load_config(config_path))
+    verified = json.loads(paths.verified.read_text())
+    assert verified["splits"]["train"] == {"num_shards": 2, "rows": 200, "quarantined": 0}
+    assert verified["splits"]["val"] == {"num_shards": 1, "rows": 100, "quarantined": 0}
+    assert (paths.root.parent.parent / "logs" / "shard" / "train-00001-of-00002.log").is_file()
+
+    # Nothing to do on a second run.
+    assert (
+        "Nothing to be done" in snakemake(tmp_path, "-n", "--configfile", str(config_path)).stdout
+    )
+
+    # One shard rebuilt alone (-R on its file); the others are left as they are.
+    other = paths.shard("train", 1, 2)
+    before = other.stat().st_mtime_ns
+    target = paths.shard("train", 0, 2)
+    snakemake(
+        tmp_path,
+        "--cores",
+        "2",
+        "--configfile",
+        str(config_path),
+        "--forcerun",
+        str(target),
+        "--until",
+        str(target),
+    )
+    assert other.stat().st_mtime_ns == before
+    assert json.loads(paths.shard_stats("train", 0, 2).read_text())["rows"] == 100
+
+    # A new JPEG quality re-runs the shards and what follows, not the index.
+    plan = snakemake(
+        tmp_path, "-n", "--configfile", str(config_path), "--config", "data={jpeg_quality: 80}"
+    ).stdout
+    assert planned_rules(plan) == {"shard", "shard_index", "verify", "all"}, plan
+    assert "Params have changed since last execution" in plan

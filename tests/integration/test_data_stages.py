@@ -1,0 +1,160 @@
+"""index -> shard -> shard-index -> verify on real images plus crafted bad files."""
+
+import csv
+import io
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from conftest import run_stage, write_config
+from pipeline.config import load_config
+from pipeline.data.stages import run_shard
+from pipeline.paths import DataPaths
+
+BAD_FILES = {
+    "truncated.JPEG": "JPEG does not decode",
+    "empty.JPEG": "empty file (0 bytes)",
+    "notes.JPEG": "not an image",
+}
+
+
+def _jpeg(image: Image.Image, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, format="JPEG", **options)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, imagenette_ci):
+    """imagenette-ci plus the kinds of file ImageNet really contains, and some it should not."""
+    tmp = tmp_path_factory.mktemp("stages")
+    root = tmp / "images"
+    shutil.copytree(imagenette_ci, root)
+    wnid = sorted(p.name for p in (root / "train").iterdir())[0]
+    folder = root / "train" / wnid
+    real = sorted(folder.glob("*.JPEG"))[0]
+    rgb = Image.open(real).convert("RGB")
+    (folder / "cmyk.JPEG").write_bytes(_jpeg(rgb.convert("CMYK")))
+    (folder / "gray.JPEG").write_bytes(_jpeg(rgb.convert("L")))
+    png = io.BytesIO()
+    rgb.save(png, format="PNG")
+    (folder / "png.JPEG").write_bytes(png.getvalue())
+    (folder / "big.JPEG").write_bytes(_jpeg(rgb.resize((600, 450))))
+    (folder / "truncated.JPEG").write_bytes(real.read_bytes()[:3000])
+    (folder / "empty.JPEG").write_bytes(b"")
+    (folder / "notes.JPEG").write_text("this is not a picture\n")
+    config_path = write_config(tmp, root, data={"num_shards": {"train": 3, "val": 2}})
+    run_stage("index", "--config", str(config_path))
+    run_stage("shard", "--config", str(config_path), "--jobs", "2")
+    return load_config(config_path), config_path
+
+
+def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(dataset, imagenette_ci):
+    config, _ = dataset
+    paths = DataPaths.of(config)
+    summary = json.loads(paths.index_summary.read_text())
+    assert summary["layout"] == "folder"
+    assert summary["splits"]["train"] == {"files": 207, "unlabelled": 0}
+    assert summary["splits"]["val"] == {"files": 100, "unlabelled": 0}
+    assert pq.read_metadata(paths.manifest("train")).num_rows == 207
+
+    with open(paths.quarantine) as handle:
+        quarantined = {row["path"].split("/")[-1]: row for row in csv.DictReader(handle)}
+    assert set(quarantined) == set(BAD_FILES)
+    for name, reason in BAD_FILES.items():
+        assert reason in quarantined[name]["reason"]
+        assert quarantined[name]["split"] == "train"
+
+    index = json.loads(paths.shard_index("train").read_text())
+    assert index["manifest_rows"] == 207
+    assert index["rows"] == 204 and index["quarantined"] == 3
+    assert sum(s["rows"] for s in index["shards"]) == 204
+    assert sum(sum(s["label_histogram"]) for s in index["shards"]) == 204
+    actions = {}
+    for shard in index["shards"]:
+        for what, n in shard["actions"].items():
+            actions[what] = actions.get(what, 0) + n
+    # imagenette holds real grayscale JPEGs too; everything else real is kept byte for byte.
+    real_gray = sum(Image.open(p).mode == "L" for p in imagenette_ci.glob("train/*/*.JPEG"))
+    assert real_gray > 0
+    assert actions == {
+        "re-encoded: CMYK JPEG": 1,
+        "re-encoded: grayscale JPEG": 1 + real_gray,
+        "re-encoded: PNG file": 1,
+        "re-encoded: longer side 600 > max_side 256": 1,
+        "kept": 200 - real_gray,
+    }
+
+
+def test_every_shard_mixes_classes(dataset):
+    config, _ = dataset
+    index = json.loads(DataPaths.of(config).shard_index("train").read_text())
+    for shard in index["shards"]:
+        assert sum(n > 0 for n in shard["label_histogram"]) == 10
+
+
+def test_a_shard_rebuilt_alone_is_byte_identical(dataset, tmp_path):
+    config, _ = dataset
+    paths = DataPaths.of(config)
+    before = json.loads(paths.shard_stats("train", 1, 3).read_text())
+    run_shard(config, "train", 1)
+    after = json.loads(paths.shard_stats("train", 1, 3).read_text())
+    assert after["sha256"] == before["sha256"]
+
+
+def test_verify_passes_then_names_a_flipped_byte_and_a_truncated_shard(dataset, tmp_path):
+    config, config_path = dataset
+    ok = run_stage("verify", "--config", str(config_path))
+    assert "train: 3 shards, 204 rows: ok" in ok.stderr
+
+    # Work on a copy so the other tests keep intact shards.
+    copy = tmp_path / "copy"
+    shutil.copytree(DataPaths.of(config).root, copy / "data" / config.data.name)
+    broken = write_config(tmp_path, config.data.root_path)
+    text = broken.read_text().replace(str(tmp_path / "results"), str(copy))
+    text = text.replace("train: 2", "train: 3").replace("val: 1", "val: 2")
+    broken.write_text(text)
+    shards = DataPaths.of(load_config(broken))
+    flipped = shards.shard("train", 0, 3)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    flipped.write_bytes(bytes(data))
+    truncated = shards.shard("val", 1, 2)
+    truncated.write_bytes(truncated.read_bytes()[:-500])
+
+    result = run_stage("verify", "--config", str(broken), check=False)
+    assert result.returncode == 1
+    assert f"shard {flipped}: sha256" in result.stderr
+    assert f"shard {truncated} has" in result.stderr and "index.json records" in result.stderr
+    assert not shards.verified.exists()
+
+
+def test_stage_errors_are_one_clear_line(tmp_path):
+    config = write_config(tmp_path, tmp_path / "no-such-folder")
+    result = run_stage("index", "--config", str(config), check=False)
+    assert result.returncode == 2
+    assert "error: data.root" in result.stderr and "is not a folder" in result.stderr
+    assert "Traceback" not in result.stderr
+    result = run_stage("shard", "--config", str(config), "--split", "train", check=False)
+    assert result.returncode == 2 and "give both --split and --shard" in result.stderr
+
+
+def test_demo_data_writes_a_real_digits_tree(tmp_path):
+    config = write_config(tmp_path, tmp_path / "digits", data={"demo": {"image_size": 24}})
+    run_stage("demo-data", "--config", str(config))
+    train = sorted((tmp_path / "digits" / "train").glob("*/*.JPEG"))
+    val = sorted((tmp_path / "digits" / "val").glob("*/*.JPEG"))
+    assert len(train) + len(val) == 1797  # every digit in scikit-learn's copy
+    assert len({p.parent.name for p in val}) == 10
+    image = Image.open(train[0])
+    assert image.format == "JPEG" and image.mode == "RGB" and image.size == (24, 24)
+    assert np.asarray(image).std() > 10  # real strokes, not a blank
+    # Re-running replaces its own folder, but never a folder it did not write.
+    run_stage("demo-data", "--config", str(config))
+    other = write_config(tmp_path, tmp_path, data={"demo": {"image_size": 24}})
+    result = run_stage("demo-data", "--config", str(other), check=False)
+    assert result.returncode == 2 and "refusing to replace" in result.stderr

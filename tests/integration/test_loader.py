@@ -1,0 +1,142 @@
+import io
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from conftest import build_shards, make_folder_dataset, write_config
+from pipeline.data.loader import (
+    EvalBatchSampler,
+    Normalizer,
+    SampleKeys,
+    ShardDataset,
+    TrainBatchSampler,
+    TrainTransform,
+    ValTransform,
+    decode_resized_crop,
+    jpeg_size,
+    make_loader,
+)
+from pipeline.data.shards import ShardError
+from pipeline.paths import DataPaths
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("loader")
+    make_folder_dataset(tmp / "images", classes=3, train=12, val=5, size=(64, 48))
+    config = build_shards(write_config(tmp, tmp / "images"))
+    return DataPaths.of(config)
+
+
+def test_jpeg_size_reads_the_frame_header_of_real_files(ilsvrc_sample, imagenette_ci):
+    files = (
+        sorted(ilsvrc_sample.glob("val_flat/*.JPEG"))[:20]
+        + sorted(imagenette_ci.glob("train/*/*.JPEG"))[:20]
+    )
+    for path in files:
+        data = path.read_bytes()
+        assert jpeg_size(data) == Image.open(io.BytesIO(data)).size, path
+
+
+def test_val_transform_matches_torchvision_resize_and_center_crop(ilsvrc_sample):
+    for size, resize, tolerance in [(224, 256, 0.5), (56, 64, 5.0)]:  # 2nd: JPEG draft decode
+        reference = T.Compose([T.Resize(resize), T.CenterCrop(size), T.PILToTensor()])
+        transform = ValTransform(size, resize)
+        for path in sorted(ilsvrc_sample.glob("val_flat/*.JPEG"))[:8]:
+            data = path.read_bytes()
+            out = torch.empty(size, size, 3, dtype=torch.uint8)
+            transform(memoryview(data), 0, 0, out)
+            expected = reference(Image.open(io.BytesIO(data)).convert("RGB")).permute(1, 2, 0)
+            diff = (out.float() - expected.float()).abs().mean()
+            assert diff < tolerance, (path.name, size, float(diff))
+
+
+def test_draft_decoding_of_a_strongly_downscaled_crop_matches_a_full_decode(ilsvrc_sample):
+    data = next(iter(sorted(ilsvrc_sample.glob("train/*/*.JPEG")))).read_bytes()
+    width, height = jpeg_size(data)
+    box = (0, 0, height, width)  # the whole image into 56 px: 1/4 or 1/8 DCT scaling
+    out = torch.empty(56, 56, 3, dtype=torch.uint8)
+    decode_resized_crop(memoryview(data), (width, height), box, out)
+    full = Image.open(io.BytesIO(data)).convert("RGB").resize((56, 56), Image.Resampling.BILINEAR)
+    diff = (out.float() - torch.from_numpy(np.asarray(full)).float()).abs().mean()
+    assert diff < 6, float(diff)
+
+
+def test_train_augmentation_depends_only_on_seed_epoch_and_index(shards):
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=5))
+    a, _ = dataset.__getitems__(SampleKeys(epoch=1, indices=[3, 4]))
+    b, _ = dataset.__getitems__(SampleKeys(epoch=1, indices=[3, 4]))
+    c, _ = dataset.__getitems__(SampleKeys(epoch=2, indices=[3, 4]))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
+    labels = dataset.labels()
+    sampler = TrainBatchSampler(len(dataset), 4, world_size=1, rank=0, accumulate=1, seed=0)
+    sequential = list(make_loader(dataset, sampler, workers=0))
+    parallel = list(make_loader(dataset, sampler, workers=2))
+    assert len(sequential) == len(dataset) // 4
+    for (x0, y0), (x1, y1), keys in zip(sequential, parallel, sampler, strict=True):
+        assert x0.dtype == torch.uint8 and x0.shape == (4, 3, 32, 32)
+        assert x0.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(x0, x1) and torch.equal(y0, y1)  # workers change nothing
+        assert y0.tolist() == labels[keys.indices].tolist()
+
+
+def test_images_keep_their_class_colour(shards):
+    """The synthetic classes differ in colour: the decoded crops must too."""
+    dataset = ShardDataset(shards.shard_dir("val"), ValTransform(32, 32))
+    images, labels = dataset.__getitems__(SampleKeys(0, list(range(len(dataset)))))
+    means = {int(c): images[labels == c].float().mean((0, 2, 3)) for c in labels.unique()}
+    assert means[0][0] < 40 and means[1][0] > 60  # red channel: 0 for class0, 80 for class1
+
+
+def test_eval_loader_sees_every_val_image_once(shards):
+    dataset = ShardDataset(shards.shard_dir("val"), ValTransform(32, 36))
+    seen = []
+    for rank in range(2):
+        for _, labels in make_loader(dataset, EvalBatchSampler(len(dataset), 4, 2, rank), 0):
+            seen += labels.tolist()
+    assert sorted(seen) == sorted(dataset.labels().tolist())
+
+
+def test_normalizer_matches_torchvision_normalize():
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(images.float() / 255)
+    out = Normalizer(torch.device("cpu"), channels_last=True)(images)
+    assert torch.allclose(out, expected, atol=1e-5)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+def _copy_split(shards, tmp_path):
+    copy = tmp_path / "val"
+    shutil.copytree(shards.shard_dir("val"), copy)
+    return copy, next(copy.glob("*.arrow"))
+
+
+def test_a_flipped_byte_is_caught_when_the_row_is_read(shards, tmp_path):
+    folder, shard = _copy_split(shards, tmp_path)
+    dataset = ShardDataset(folder, ValTransform(32, 32))
+    jpeg, _ = dataset.read(2)
+    data = bytearray(shard.read_bytes())
+    at = data.find(bytes(jpeg[-300:-260])) + 10  # entropy-coded data: unique to this row
+    assert at > 10
+    data[at] ^= 0x01
+    shard.write_bytes(bytes(data))
+    dataset = ShardDataset(folder, ValTransform(32, 32))  # size unchanged: opens fine
+    with pytest.raises(ShardError, match=rf"shard {shard}: row 2 fails its crc32"):
+        dataset.read(2)
+    dataset.read(1)  # other rows are still usable
+
+
+def test_a_truncated_shard_is_refused_naming_the_file(shards, tmp_path):
+    folder, shard = _copy_split(shards, tmp_path)
+    shard.write_bytes(shard.read_bytes()[:-100])
+    with pytest.raises(ShardError, match=rf"shard {shard} has \d+ bytes but index.json records"):
+        ShardDataset(folder, ValTransform(32, 32))

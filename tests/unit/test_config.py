@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    SCHEMA_PATH,
+    ConfigError,
+    config_from_mapping,
+    load_config,
+    parse_override,
+    schema_text,
+)
+from pipeline.cli import main
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+MINIMAL = {"experiment": "x", "data": {"name": "d", "root": "/data"}}
+
+
+def test_defaults_are_filled_in():
+    config = config_from_mapping(MINIMAL)
+    assert config.data.layout == "auto"
+    assert config.data.num_shards.train == 8
+    assert config.results_dir == "results"
+
+
+def test_unknown_key_names_the_key_and_suggests_the_close_one():
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({**MINIMAL, "data": {**MINIMAL["data"], "jpeg_qualty": 80}})
+    text = str(err.value)
+    assert "unknown key 'data.jpeg_qualty'" in text
+    assert "did you mean 'data.jpeg_quality'" in text
+    assert "max_side" in text  # the allowed keys are listed
+
+
+def test_unknown_nested_key_lists_that_sections_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'data.num_shards.test'.*train, val"):
+        config_from_mapping({**MINIMAL, "data": {**MINIMAL["data"], "num_shards": {"test": 1}}})
+
+
+def test_bad_value_names_key_value_and_what_is_allowed():
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({**MINIMAL, "data": {**MINIMAL["data"], "layout": "zip"}})
+    text = str(err.value)
+    assert "data.layout = 'zip'" in text
+    assert "'auto', 'folder', 'kaggle', 'devkit' or 'tar'" in text
+
+
+def test_out_of_range_value():
+    with pytest.raises(ConfigError, match=r"data.jpeg_quality = 101: .*less than or equal to 100"):
+        config_from_mapping({**MINIMAL, "data": {**MINIMAL["data"], "jpeg_quality": 101}})
+
+
+def test_missing_required_key():
+    with pytest.raises(ConfigError, match="missing required key 'data.root'"):
+        config_from_mapping({"experiment": "x", "data": {"name": "d"}})
+
+
+def test_overrides_are_dotted_and_yaml_typed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    config = load_config(path, ["data.max_side=400", "data.classes_file=/x/classes.txt"])
+    assert config.data.max_side == 400
+    assert config.data.classes_file == "/x/classes.txt"
+    assert parse_override("data.num_shards={train: 3}") == ("data.num_shards", {"train": 3})
+    with pytest.raises(ConfigError, match="expects dotted.key=value"):
+        parse_override("data.max_side")
+    with pytest.raises(ConfigError, match="unknown key 'data.nope'"):
+        load_config(path, ["data.nope=1"])
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**MINIMAL, "data": {**MINIMAL["data"], "max_side": "big"}}))
+    assert main(["index", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "data.max_side = 'big'" in err
+    assert "Traceback" not in err
+
+
+def test_schema_file_is_in_sync_with_the_models():
+    assert SCHEMA_PATH.read_text() == schema_text(), (
+        "workflow/schemas/config.schema.json is stale: run `python -m pipeline schema --write`"
+    )
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT / "config").rglob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_are_valid(path):
+    load_config(path)

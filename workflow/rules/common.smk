@@ -1,0 +1,58 @@
+# Paths and config lookups for the rules. Every path comes from pipeline/paths.py, the same
+# functions the stages use, so declared outputs and written files cannot drift apart.
+
+import hashlib
+import json
+
+from pipeline.config import config_from_mapping, write_resolved
+from pipeline.paths import SHARD_STEM, SPLITS, DataPaths, resolved_config_path
+
+CFG = config_from_mapping(config)
+DATA = DataPaths.of(CFG)
+LOGS = CFG.results_path / "logs"
+CONDA_ENV = "../../envs/pipeline.yaml"
+# The fully resolved config (defaults and --config overrides included) the stages read.
+CONFIG_FILE = str(write_resolved(CFG, resolved_config_path(CFG)))
+
+wildcard_constraints:
+    split="|".join(SPLITS),
+    index=r"\d{5}",
+    total=r"\d{5}",
+
+
+def fingerprint(*keys):
+    """A hash of the named dotted config keys, used as a rule's `params` so that Snakemake
+    re-runs the rule (and everything after it) when exactly those settings change."""
+    resolved = CFG.model_dump(mode="json")
+    values = {}
+    for key in keys:
+        node = resolved
+        for part in key.split("."):
+            node = node[part]
+        values[key] = node
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def num_shards(split):
+    return getattr(CFG.data.num_shards, split)
+
+
+def shard_path(suffix):
+    """Wildcard pattern of one shard's files (`.arrow`, `.json` stats)."""
+    return str(DATA.shard_dir("{split}") / f"{SHARD_STEM}{suffix}")
+
+
+def all_shard_files(suffix):
+    n = {split: num_shards(split) for split in SPLITS}
+    return [
+        str(DATA.shard_dir(split) / f"{SHARD_STEM}{suffix}").format(
+            split=split, index=f"{i:05d}", total=f"{n[split]:05d}"
+        )
+        for split in SPLITS
+        for i in range(n[split])
+    ]
+
+
+def demo_input(wildcards):
+    """The demo tree is built by a rule; a real dataset is outside the workflow."""
+    return [str(DATA.demo_done)] if CFG.data.demo is not None else []

@@ -1,0 +1,93 @@
+# Data stages: demo-data -> index -> shard (one job per shard) -> shard_index -> verify.
+
+
+rule demo_data:
+    output:
+        done=DATA.demo_done,
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint("data.demo", "data.root", "data.shuffle_seed"),
+    log:
+        LOGS / "demo_data.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline demo-data --config {params.config} > {log} 2>&1"
+
+
+rule index:
+    input:
+        demo_input,
+    output:
+        train=DATA.manifest("train"),
+        val=DATA.manifest("val"),
+        classes=DATA.classes,
+        summary=DATA.index_summary,
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint("data.root", "data.layout", "data.classes_file"),
+    log:
+        LOGS / "index.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline index --config {params.config} > {log} 2>&1"
+
+
+rule shard:
+    input:
+        manifest=DATA.manifest("{split}"),
+        classes=DATA.classes,
+    output:
+        shard=shard_path(".arrow"),
+        stats=shard_path(".json"),
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint(
+            "data.max_side", "data.jpeg_quality", "data.shuffle_seed", "data.rows_per_batch"
+        ),
+        index=lambda wildcards: int(wildcards.index),
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    log:
+        LOGS / "shard" / f"{SHARD_STEM}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline shard --config {params.config}"
+        " --split {wildcards.split} --shard {params.index} > {log} 2>&1"
+
+
+rule shard_index:
+    input:
+        stats=all_shard_files(".json"),
+        manifests=[DATA.manifest(split) for split in SPLITS],
+    output:
+        train=DATA.shard_index("train"),
+        val=DATA.shard_index("val"),
+        quarantine=DATA.quarantine,
+    params:
+        config=CONFIG_FILE,
+    log:
+        LOGS / "shard_index.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline shard-index --config {params.config} > {log} 2>&1"
+
+
+rule verify:
+    input:
+        indexes=[DATA.shard_index(split) for split in SPLITS],
+        shards=all_shard_files(".arrow"),
+    output:
+        verified=DATA.verified,
+    params:
+        config=CONFIG_FILE,
+    log:
+        LOGS / "verify.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline verify --config {params.config} > {log} 2>&1"
