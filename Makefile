@@ -2,13 +2,14 @@
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
 # make lint  - ruff, snakemake --lint, and the config schema check
+# make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench lint venv clean
+.PHONY: run test bench lint ui venv clean
 
 venv: $(STAMP)
 
@@ -22,7 +23,8 @@ $(STAMP): envs/requirements.txt pyproject.toml
 run: $(STAMP)
 	snakemake
 	@echo
-	@echo "Shards:   results/data/digits/shards/ (index.json, verified.json)"
+	@echo "Weights:  results/runs/demo/final.pt (summary: results/runs/demo/train_done.json)"
+	@echo "MLflow:   results/mlflow.db (make ui to browse it)"
 	@echo "Logs:     results/logs/"
 
 test: $(STAMP)
@@ -36,6 +38,12 @@ lint: $(STAMP)
 	ruff format --check .
 	snakemake --lint
 	python -m pipeline schema --check
+
+# The MLflow UI on the project's tracking store, bound to this machine only.
+ui: $(STAMP)
+	mlflow server --host 127.0.0.1 --port $${PORT:-5000} --workers 1 \
+		--backend-store-uri sqlite:///$(abspath results)/mlflow.db \
+		--artifacts-destination $(abspath results)/mlartifacts
 
 clean:
 	rm -rf results .snakemake

@@ -24,9 +24,10 @@ validate(config, "workflow/schemas/config.schema.json", set_default=False)
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
     default_target: True
     input:
-        verified=DATA.verified,
+        final=RUN.final,

@@ -78,6 +78,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.launch import run_train
+
+    summary = run_train(_config(args), fresh=args.fresh)
+    final = summary.get("final", {})
+    if final:
+        print(
+            f"train: done: val_top1 {100 * final['val_top1']:.2f} %, "
+            f"val_top5 {100 * final['val_top5']:.2f} % after {summary['epochs']} epochs "
+            f"({summary['wall_time_s']:.0f} s); weights in {summary['final_weights']}",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_sync_mlflow(args: argparse.Namespace) -> int:
+    from pipeline.paths import RunPaths
+    from pipeline.tracking import Journal, sync_journal
+
+    config = _config(args)
+    journal = Journal(RunPaths.of(config).journal)
+    if not journal.path.is_file():
+        raise ConfigError(f"{journal.path} not found: nothing to sync (has training run?)")
+    result = sync_journal(journal, config.tracking_uri)
+    made = " (created: the run did not exist in the store)" if result.created else ""
+    print(f"sync-mlflow: run {result.run_id}{made}: {result.added} metrics added", file=sys.stderr)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = schema_text()
     if args.write:
@@ -112,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes (all shards)")
     _add_config_args(stage("shard-index", cmd_shard_index, "gather index.json, quarantine.csv"))
     _add_config_args(stage("verify", cmd_verify, "re-check every shard against index.json"))
+    p = stage("train", cmd_train, "train through submitit; resume or re-attach when possible")
+    _add_config_args(p)
+    p.add_argument("--fresh", action="store_true", help="start over (the old run is kept aside)")
+    _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
     p = stage("schema", cmd_schema, "print, write or check the JSON schema of the config")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH.name}")

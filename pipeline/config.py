@@ -98,6 +98,112 @@ class DataConfig(_Strict):
         return Path(os.path.expandvars(os.path.expanduser(self.classes_file)))
 
 
+class ModelConfig(_Strict):
+    arch: str = Field("resnet50", description="Any torchvision classification model name.")
+    small_input: bool = Field(
+        False, description="ResNets: 3x3 stride-1 stem without max-pool, for 32-64 px images."
+    )
+    bn_moving_average: bool = Field(
+        False,
+        description="false (the paper): BatchNorm keeps the last minibatch's statistics "
+        "(momentum 1.0), averaged over all workers before each validation.",
+    )
+    zero_init_residual: bool = Field(
+        True, description="Zero-init the last BN gamma of each residual block (Goyal et al.)."
+    )
+
+
+class OptimizerConfig(_Strict):
+    name: Literal["hybrid", "sgd", "rmsprop"] = Field(
+        "hybrid",
+        description="hybrid: RMSprop warm-up moving to momentum SGD (the paper); sgd: "
+        "alpha_sgd = 1 throughout; rmsprop: alpha_sgd = 0 throughout.",
+    )
+    lr_rmsprop: float = Field(3e-4, gt=0, description="eta_RMSprop.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="mu1.")
+    rms_decay: float = Field(0.99, ge=0, lt=1, description="mu2.")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(
+        1e-4, ge=0, description="Added to the gradient; not applied to BN parameters or biases."
+    )
+
+
+class ScheduleConfig(_Strict):
+    name: Literal["slow_start", "goyal"] = Field("slow_start")
+    base_lr: float | None = Field(
+        None, gt=0, description="eta_base; default 0.1 * global_batch / 256 (linear scaling)."
+    )
+    center: float = Field(10.0, description="beta_center of the alpha_sgd transition (epochs).")
+    period: float = Field(5.0, gt=0, description="beta_period of the alpha_sgd transition.")
+    warmup_epochs: float = Field(5.0, ge=0, description="goyal: gradual warm-up length.")
+    scale_to_epochs: bool = Field(
+        True,
+        description="Scale milestones, warm-up and the alpha_sgd transition by epochs / 90 "
+        "when a run is shorter (or longer) than the paper's 90 epochs.",
+    )
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(90, ge=1)
+    batch_per_worker: int = Field(32, ge=1, description="Images per micro-batch per process.")
+    accumulate: int = Field(
+        1, ge=1, description="Micro-batches per step: global batch = batch x accumulate x world."
+    )
+    val_batch: int = Field(100, ge=1, description="Validation images per batch per process.")
+    allreduce_dtype: Literal["fp16", "bf16", "fp32"] = Field(
+        "fp16", description="Gradient all-reduce precision (divided by world size first)."
+    )
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on GPU.")
+    channels_last: bool = Field(False, description="NHWC memory format (faster on GPU).")
+    checkpoint_every_min: float = Field(
+        10.0, gt=0, description="Periodic checkpoint interval (also one per epoch)."
+    )
+    keep_checkpoints: int = Field(3, ge=1, description="How many checkpoints to keep.")
+    deterministic: bool = Field(
+        False, description="Deterministic algorithms (bit-identical resume on CPU)."
+    )
+    log_every: int = Field(
+        10, ge=1, description="Per-iteration metrics, NaN checks and progress every N steps."
+    )
+    fail_at_iteration: int | None = Field(
+        None, description="Testing aid: make the loss NaN at this iteration."
+    )
+
+
+class LauncherConfig(_Strict):
+    cluster: Literal["local", "slurm", "debug"] = Field(
+        "local", description="submitit executor: local processes, Slurm, or in-process debug."
+    )
+    nodes: int = Field(1, ge=1)
+    tasks_per_node: int = Field(1, ge=1, description="Processes per node (= GPUs per node).")
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(2, ge=1)
+    timeout_min: int = Field(60, ge=1, description="Job time limit; requeued when reached.")
+    partition: str | None = None
+    account: str | None = None
+    mem_gb: float | None = Field(None, gt=0)
+    signal_delay_s: int = Field(
+        120, ge=10, description="The requeue signal comes this long before the time limit."
+    )
+    max_num_timeout: int = Field(3, ge=0, description="How often a timed-out job is requeued.")
+    slurm_additional: dict[str, str | int] = Field(
+        default_factory=dict, description="Extra sbatch options, e.g. {qos: high}."
+    )
+    poll_s: float = Field(5.0, gt=0, description="How often `train` checks the job's state.")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default sqlite:///<results_dir>/mlflow.db. "
+        "Use http://host:port for a server when many jobs log at once.",
+    )
+
+
 class Config(_Strict):
     experiment: str = Field(
         pattern=NAME_PATTERN, description="Experiment name: run folder and MLflow experiment."
@@ -105,6 +211,30 @@ class Config(_Strict):
     results_dir: str = Field("results", description="Root of every output of the pipeline.")
     seed: int = Field(0, description="Training seed (model init, sampling, augmentation).")
     data: DataConfig
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    launcher: LauncherConfig = LauncherConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def global_batch(self) -> int:
+        t = self.train
+        return t.batch_per_worker * t.accumulate * self.launcher.world_size
+
+    @property
+    def base_lr(self) -> float:
+        """eta_base: the linear scaling rule unless set explicitly."""
+        if self.schedule.base_lr is not None:
+            return self.schedule.base_lr
+        return 0.1 * self.global_batch / 256
+
+    @property
+    def tracking_uri(self) -> str:
+        if self.tracking.uri:
+            return self.tracking.uri
+        return f"sqlite:///{(self.results_path / 'mlflow.db').resolve()}"
 
     @property
     def results_path(self) -> Path:
@@ -242,3 +372,25 @@ def write_resolved(config: Config, path: Path) -> Path:
     if not (path.is_file() and path.read_text() == text):
         atomic.write_text(path, text)
     return path
+
+
+BOOKKEEPING_KEYS = {"checkpoint_every_min", "keep_checkpoints", "log_every"}
+
+
+def training_fingerprint(config: Config) -> str:
+    """Hash of every setting that changes the trained weights (not bookkeeping like the
+    checkpoint interval or the Slurm partition). The Snakemake train rule re-runs when it
+    changes; the shards' own identity is added at train time by `run_fingerprint`."""
+    d = config.model_dump(mode="json")
+    relevant = {
+        "seed": d["seed"],
+        "model": d["model"],
+        "optimizer": d["optimizer"],
+        "schedule": d["schedule"],
+        "train": {k: v for k, v in d["train"].items() if k not in BOOKKEEPING_KEYS},
+        "world_size": config.launcher.world_size,
+        "data": {
+            k: d["data"][k] for k in ("name", "image_size", "val_resize", "crop_scale_min", "hflip")
+        },
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]

@@ -68,3 +68,44 @@ class DataPaths:
 def resolved_config_path(config: Config) -> Path:
     """Where the workflow writes the fully resolved config it hands to the stages."""
     return config.results_path / "configs" / f"{config.experiment}.yaml"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Outputs of one experiment: `<results_dir>/runs/<experiment>/`."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: Config) -> RunPaths:
+        return cls(config.results_path / "runs" / config.experiment)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def journal(self) -> Path:
+        """metrics.jsonl: every metric rank 0 logged, whatever happened to MLflow."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final.pt"
+
+    @property
+    def train_done(self) -> Path:
+        return self.root / "train_done.json"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.root / "train"
+
+    @property
+    def job(self) -> Path:
+        """The submitted job's id and executor, for re-attaching after a restart."""
+        return self.train_dir / "job.json"
+
+    @property
+    def submitit(self) -> Path:
+        return self.train_dir / "submitit"

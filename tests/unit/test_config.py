@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.cli import main
 from pipeline.config import (
     SCHEMA_PATH,
     ConfigError,
@@ -11,7 +12,6 @@ from pipeline.config import (
     parse_override,
     schema_text,
 )
-from pipeline.cli import main
 
 PROJECT = Path(__file__).resolve().parents[2]
 

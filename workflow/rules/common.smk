@@ -4,13 +4,19 @@
 import hashlib
 import json
 
-from pipeline.config import config_from_mapping, write_resolved
-from pipeline.paths import SHARD_STEM, SPLITS, DataPaths, resolved_config_path
+from pipeline.config import config_from_mapping, training_fingerprint, write_resolved
+from pipeline.paths import SHARD_STEM, SPLITS, DataPaths, RunPaths, resolved_config_path
 
 CFG = config_from_mapping(config)
 DATA = DataPaths.of(CFG)
+RUN = RunPaths.of(CFG)
 LOGS = CFG.results_path / "logs"
 CONDA_ENV = "../../envs/pipeline.yaml"
+# Training submits through submitit and waits: it runs where Snakemake runs, not as a job.
+localrules:
+    train,
+
+
 # The fully resolved config (defaults and --config overrides included) the stages read.
 CONFIG_FILE = str(write_resolved(CFG, resolved_config_path(CFG)))
 

@@ -1,0 +1,395 @@
+"""Submitting training through submitit, waiting for it, and re-attaching after a restart.
+
+`run_train` is the `train` stage. It submits one job (local processes, Slurm, or in-process
+debug), records its id in `runs/<experiment>/train/job.json`, streams rank 0's output and waits.
+If that job is still alive when `train` runs again (Snakemake was restarted), it re-attaches
+instead of submitting a second job. A new job resumes from the latest valid checkpoint of the
+experiment when it was made with the same config and data (the fingerprint); otherwise the old
+run is moved aside, never deleted.
+
+`TrainJob` is the callable submitit runs in every task. It is checkpointable: on the requeue
+signal (time limit or preemption) the tasks agree on a step, save a checkpoint, and rank 0 hands
+over to submitit, which resubmits the same callable; the new job resumes from that checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from pipeline import atomic
+from pipeline.config import Config, training_fingerprint
+from pipeline.errors import PipelineError
+from pipeline.paths import SPLITS, DataPaths, RunPaths
+from pipeline.train import checkpoint
+
+ALIVE_SLURM_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "SIGNALING",
+    "STAGE_OUT",
+    "UNKNOWN",
+}
+
+
+class TrainFailed(PipelineError, RuntimeError):
+    """The training job ended without a result; the message says how and where its logs are."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints: which checkpoints belong to which run
+
+
+def run_fingerprint(config: Config) -> str:
+    """The training fingerprint plus the exact shards (their index.json files)."""
+    data = DataPaths.of(config)
+    digest = hashlib.sha256(training_fingerprint(config).encode())
+    for split in SPLITS:
+        index = data.shard_index(split)
+        if not index.is_file():
+            raise PipelineError(f"{index} not found: build and verify the shards first")
+        digest.update(index.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# What runs inside the job
+
+
+@dataclass
+class _StopHandler:
+    """Replaces submitit's requeue-signal handler: the signal only raises a flag, the loop
+    saves a checkpoint at the next agreed step, then submitit's own handler requeues."""
+
+    flag: Any
+    original: Any = None
+
+    def install(self) -> None:
+        usr_signal = signal.SIGUSR2
+        self.original = signal.getsignal(usr_signal)
+        signal.signal(usr_signal, self._raise_flag)
+
+    def _raise_flag(self, signum: int, frame: Any) -> None:
+        print(
+            f"received {signal.Signals(signum).name}: checkpointing at the next step",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.flag.requested = True
+
+    def hand_over(self) -> None:
+        """Let submitit checkpoint (our `checkpoint` method) and requeue; it exits."""
+        if callable(self.original):
+            self.original(signal.SIGUSR2, None)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """The function every task of the training job runs."""
+
+    def __init__(self, config: dict[str, Any], fingerprint: str, tags: dict[str, str]) -> None:
+        self.config = config
+        self.fingerprint = fingerprint
+        self.tags = tags
+
+    def __call__(self) -> dict[str, Any]:
+        import torch
+
+        from pipeline.tracking import Journal, Tracker, flatten
+        from pipeline.train.distributed import init_distributed, shutdown_distributed
+        from pipeline.train.loop import Preempted, StopFlag, Trainer
+
+        config = Config.model_validate(self.config)
+        stop = StopFlag()
+        handler = _StopHandler(stop)
+        if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
+            handler.install()
+        env = init_distributed(use_gpu=config.launcher.gpus_per_node > 0)
+        if env.device.type == "cpu":
+            torch.set_num_threads(config.launcher.cpus_per_task)
+        trainer = Trainer(config, env, self.fingerprint, stop)
+        tracker = None
+        if env.is_main:
+            tags = {**self.tags, **self._job_tags(env, torch)}
+            tracker = Tracker(
+                Journal(RunPaths.of(config).journal),
+                config.tracking_uri,
+                config.experiment,
+                run_name=f"{config.experiment}-{self.fingerprint[:8]}",
+                params=flatten(self.config),
+                tags=tags,
+                run_id=trainer.run_id,
+            )
+            trainer.run_id = tracker.run_id
+        status = "FAILED"
+        try:
+            summary = trainer.fit(tracker)
+            trainer.save_final()
+            status = "FINISHED"
+            return summary
+        except Preempted:
+            status = "RUNNING"  # the requeued job continues this MLflow run
+            if tracker is not None:
+                tracker.close(status)
+                tracker = None
+            shutdown_distributed()
+            if env.is_main:
+                handler.hand_over()  # submitit requeues and exits the process
+            sys.exit(0)
+        finally:
+            if tracker is not None:
+                tracker.close(status)
+            shutdown_distributed()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # The state is on disk already (saved by the loop); the new job resumes from it.
+        return submitit.helpers.DelayedSubmission(
+            TrainJob(self.config, self.fingerprint, self.tags)
+        )
+
+    @staticmethod
+    def _job_tags(env: Any, torch: Any) -> dict[str, str]:
+        device = (
+            torch.cuda.get_device_name(env.device)
+            if env.device.type == "cuda"
+            else platform.processor() or platform.machine()
+        )
+        return {
+            "world_size": str(env.world_size),
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", "none"),
+            "device": device,
+            "backend": env.backend,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Submitting, waiting, re-attaching
+
+
+def make_executor(config: Config, folder: Path) -> submitit.Executor:
+    launcher = config.launcher
+    if launcher.cluster == "debug":
+        if launcher.world_size != 1:
+            raise PipelineError("launcher.cluster = debug runs one process: set tasks_per_node 1")
+        return submitit.DebugExecutor(folder)
+    if launcher.cluster == "local":
+        if launcher.nodes != 1:
+            raise PipelineError("launcher.cluster = local runs on this machine: set nodes 1")
+        executor = submitit.LocalExecutor(folder, max_num_timeout=launcher.max_num_timeout)
+        executor.update_parameters(
+            timeout_min=launcher.timeout_min,
+            tasks_per_node=launcher.tasks_per_node,
+            gpus_per_node=launcher.gpus_per_node,
+            signal_delay_s=launcher.signal_delay_s,
+        )
+        return executor
+    executor = submitit.SlurmExecutor(folder, max_num_timeout=launcher.max_num_timeout)
+    params: dict[str, Any] = {
+        "job_name": f"train-{config.experiment}",
+        "nodes": launcher.nodes,
+        "ntasks_per_node": launcher.tasks_per_node,
+        "cpus_per_task": launcher.cpus_per_task,
+        "time": launcher.timeout_min,
+        "signal_delay_s": launcher.signal_delay_s,
+        "additional_parameters": dict(launcher.slurm_additional),
+    }
+    if launcher.gpus_per_node:
+        params["gpus_per_node"] = launcher.gpus_per_node
+    if launcher.partition:
+        params["partition"] = launcher.partition
+    if launcher.account:
+        params["account"] = launcher.account
+    if launcher.mem_gb:
+        params["mem"] = f"{int(launcher.mem_gb * 1024)}MB"
+    executor.update_parameters(**params)
+    return executor
+
+
+def _local_job_alive(job_id: str) -> bool:
+    """A local submitit job's id is its controller's pid; alive if that pid still runs it."""
+    try:
+        cmdline = Path(f"/proc/{int(job_id)}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    return b"submitit" in cmdline
+
+
+def _slurm_state(job: submitit.Job) -> str:
+    try:
+        return str(job.state).split()[0]
+    except Exception:  # sacct may be briefly unavailable; treat as unknown, try again
+        return "UNKNOWN"
+
+
+def _job_finished(job: submitit.Job, cluster: str, attached: bool) -> bool:
+    if cluster == "slurm":
+        return _slurm_state(job) not in ALIVE_SLURM_STATES
+    if attached:  # re-attached local job: we have no process handle, only its pid
+        return not _local_job_alive(job.job_id)
+    return job.done()
+
+
+class _Tail:
+    """Follows a growing log file from where it was last read."""
+
+    def __init__(self, path: Path, out: Any) -> None:
+        self.path = path
+        self.out = out
+        self.offset = path.stat().st_size if path.exists() else 0
+
+    def pump(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, errors="replace") as handle:
+            handle.seek(self.offset)
+            text = handle.read()
+            self.offset = handle.tell()
+        if text:
+            self.out.write(text)
+            self.out.flush()
+
+
+def _tail_lines(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"({path} does not exist)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _failure_report(job: submitit.Job, state: str, folder: Path) -> str:
+    stderrs = sorted(folder.glob(f"{job.job_id}_*_log.err"))
+    failing = next(
+        (p for p in stderrs if "Traceback" in p.read_text(errors="replace")),
+        stderrs[0] if stderrs else None,
+    )
+    text = f"training job {job.job_id} ended as {state}; its logs are in {folder}"
+    if failing is not None:
+        text += f"\nlast lines of {failing}:\n{_tail_lines(failing)}"
+    return text
+
+
+def wait_for(job: submitit.Job, config: Config, folder: Path, attached: bool) -> dict[str, Any]:
+    """Stream rank 0's output until the job ends; its result, or TrainFailed."""
+    cluster = config.launcher.cluster
+    paths = submitit.core.utils.JobPaths(folder, job.job_id, task_id=0)
+    tails = [_Tail(paths.stdout, sys.stdout), _Tail(paths.stderr, sys.stderr)]
+    if attached:  # show where it is, not everything it printed before we left
+        for tail in tails:
+            tail.offset = max(0, tail.offset - 2000)
+    while not _job_finished(job, cluster, attached):
+        for tail in tails:
+            tail.pump()
+        time.sleep(config.launcher.poll_s)
+    for tail in tails:
+        tail.pump()
+    state = _slurm_state(job) if cluster == "slurm" else "FINISHED"
+    try:
+        return job.results()[0]  # rank 0's summary (every task returns one)
+    except Exception as err:  # FailedJobError, UncompletedJobError, ...
+        raise TrainFailed(f"{_failure_report(job, state, folder)}\n{err}") from None
+
+
+def _reattach(run: RunPaths, config: Config, fingerprint: str) -> submitit.Job | None:
+    if not run.job.is_file():
+        return None
+    record = json.loads(run.job.read_text())
+    if record.get("fingerprint") != fingerprint or record.get("cluster") != config.launcher.cluster:
+        return None
+    job_id = record["job_id"]
+    if record["cluster"] == "slurm":
+        job = submitit.SlurmJob(run.submitit, job_id)
+        if _slurm_state(job) in ALIVE_SLURM_STATES - {"UNKNOWN"}:
+            return job
+    elif record["cluster"] == "local" and _local_job_alive(job_id):
+        return submitit.LocalJob(run.submitit, job_id)
+    return None
+
+
+def _archive_run(run: RunPaths, reason: str) -> None:
+    """Move the previous run's files into runs/<experiment>/previous-N/: never delete them."""
+    movable = [p for p in (run.checkpoints, run.journal, run.final, run.train_done) if p.exists()]
+    if not movable:
+        return
+    n = 1
+    while (target := run.root / f"previous-{n}").exists():
+        n += 1
+    target.mkdir(parents=True)
+    for path in movable:
+        path.rename(target / path.name)
+    print(f"train: {reason}; the previous run is kept in {target}", file=sys.stderr)
+
+
+def run_train(config: Config, fresh: bool = False) -> dict[str, Any]:
+    run = RunPaths.of(config)
+    fingerprint = run_fingerprint(config)
+    job = None if fresh else _reattach(run, config, fingerprint)
+    attached = job is not None
+    if attached:
+        print(f"train: re-attaching to job {job.job_id}, which is still running", file=sys.stderr)
+    else:
+        latest = checkpoint.load_latest(run.checkpoints)
+        if fresh:
+            _archive_run(run, "--fresh")
+        elif latest is not None and latest.state["fingerprint"] != fingerprint:
+            _archive_run(run, "the config or the shards changed since the last checkpoint")
+        elif latest is None:
+            _archive_run(run, "no checkpoint to resume from")
+        else:
+            print(f"train: resuming from {latest.path}", file=sys.stderr)
+        tags = {
+            "git_commit": git_commit(),
+            "fingerprint": fingerprint,
+            "global_batch": str(config.global_batch),
+        }
+        executor = make_executor(config, run.submitit)
+        job = executor.submit(TrainJob(config.model_dump(mode="json"), fingerprint, tags))
+        atomic.write_json(
+            run.job,
+            {
+                "job_id": str(job.job_id),
+                "cluster": config.launcher.cluster,
+                "fingerprint": fingerprint,
+                "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            },
+        )
+        print(
+            f"train: submitted job {job.job_id} ({config.launcher.cluster}, "
+            f"{config.launcher.world_size} processes); logs in {run.submitit}",
+            file=sys.stderr,
+        )
+    if config.launcher.cluster == "debug":  # ran in this process already
+        summary = job.results()[0]
+    else:
+        summary = wait_for(job, config, run.submitit, attached)
+    summary = {**summary, "job_id": str(job.job_id), "final_weights": str(run.final)}
+    atomic.write_json(run.train_done, summary)
+    return summary

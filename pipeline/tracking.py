@@ -1,0 +1,269 @@
+"""Experiment tracking: MLflow on rank 0, and a local journal that never loses a metric.
+
+Every metric goes first to `metrics.jsonl` (append, flush), then to MLflow from a background
+thread, so a slow or unreachable tracking server never stalls a training step. If MLflow fails,
+training goes on with a warning, and `python -m pipeline sync-mlflow` (also run by the report
+stage) later copies into the store whatever it lacks, without duplicates.
+
+Journal records, one JSON object per line:
+    {"type": "run", "run_id": ..., "experiment": ..., "run_name": ..., "params": {}, "tags": {}}
+    {"type": "metrics", "scope": "epoch" | "iteration", "step": N, "time_ms": T, "metrics": {...}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCOPE_PREFIX = {"epoch": "", "iteration": "iter/"}  # one MLflow key space per step kind
+MLFLOW_ENV = {
+    # Fail fast on an unreachable server instead of retrying for minutes inside training.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+class Journal:
+    """`metrics.jsonl`: append-only, one record per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def append(self, record: dict[str, Any], sync: bool = False) -> None:
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash; everything before it is intact
+        return records
+
+    def run_id(self) -> str | None:
+        ids = [r["run_id"] for r in self.read() if r.get("type") == "run" and r.get("run_id")]
+        return ids[-1] if ids else None
+
+    def logged_steps(self) -> set[tuple[str, int]]:
+        return {(r["scope"], r["step"]) for r in self.read() if r.get("type") == "metrics"}
+
+
+def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, float, int, int]]:
+    """(mlflow key, value, timestamp ms, step) for every metric in the journal."""
+    rows = []
+    for record in records:
+        if record.get("type") != "metrics":
+            continue
+        prefix = SCOPE_PREFIX[record["scope"]]
+        for key, value in record["metrics"].items():
+            rows.append((prefix + key, float(value), int(record["time_ms"]), int(record["step"])))
+    return rows
+
+
+def _client(uri: str):
+    for key, value in MLFLOW_ENV.items():
+        os.environ.setdefault(key, value)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def create_run(
+    uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
+) -> str:
+    from mlflow.entities import Param
+
+    client = _client(uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(params_list), 100):
+        client.log_batch(run.info.run_id, params=params_list[i : i + 100])
+    return run.info.run_id
+
+
+def run_exists(uri: str, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _client(uri).get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+@dataclass
+class SyncResult:
+    run_id: str
+    added: int
+    created: bool
+
+
+def sync_journal(journal: Journal, uri: str) -> SyncResult:
+    """Copy into MLflow every journal metric the run lacks; create the run if it never was."""
+    from mlflow.entities import Metric
+
+    records = journal.read()
+    run_records = [r for r in records if r.get("type") == "run"]
+    if not run_records:
+        raise ValueError(f"{journal.path} has no run record: was training started?")
+    run_id = journal.run_id()
+    created = False
+    if run_id is None or not run_exists(uri, run_id):
+        first = run_records[0]
+        run_id = create_run(
+            uri, first["experiment"], first["run_name"], first["params"], first["tags"]
+        )
+        journal.append({**first, "run_id": run_id, "time_ms": _now_ms()}, sync=True)
+        created = True
+    client = _client(uri)
+    rows = metric_rows(records)
+    present: set[tuple[str, int]] = set()
+    for key in {row[0] for row in rows}:
+        present |= {(key, m.step) for m in client.get_metric_history(run_id, key)}
+    missing: dict[tuple[str, int], Metric] = {}
+    for key, value, timestamp, step in rows:
+        if (key, step) not in present:
+            missing[(key, step)] = Metric(key, value, timestamp, step)  # last value wins
+    batch = list(missing.values())
+    for i in range(0, len(batch), 1000):
+        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    return SyncResult(run_id, len(batch), created)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Tracker:
+    """Rank 0's metrics sink: the journal synchronously, MLflow from a background thread."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        run_id: str | None,
+    ) -> None:
+        self.journal = journal
+        self.uri = uri
+        self.logged = journal.logged_steps()  # a resumed run does not log a step twice
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._failed: str | None = None
+        known = journal.run_id()
+        self.run_id = run_id or known
+        if self.run_id is None:
+            try:
+                self.run_id = create_run(uri, experiment, run_name, params, tags)
+            except Exception as err:  # any failure to reach the store
+                self._fail(err)
+        else:
+            self._safe(lambda: self._client().update_run(self.run_id, status="RUNNING"))
+        has_record = any(r.get("type") == "run" for r in journal.read())
+        if not has_record or (self.run_id is not None and self.run_id != known):
+            journal.append(
+                {
+                    "type": "run",
+                    "run_id": self.run_id,
+                    "experiment": experiment,
+                    "run_name": run_name,
+                    "params": params,
+                    "tags": tags,
+                    "time_ms": _now_ms(),
+                },
+                sync=True,
+            )
+        self._thread = threading.Thread(target=self._work, name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    def _client(self):
+        return _client(self.uri)
+
+    def _fail(self, err: Exception) -> None:
+        if self._failed is None:
+            self._failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            print(
+                f"warning: MLflow at {self.uri} failed ({self._failed}); training goes on and "
+                f"every metric is kept in {self.journal.path}; run `python -m pipeline "
+                "sync-mlflow` (or the report stage) to copy them into MLflow later",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _safe(self, call: Callable[[], None]) -> None:
+        if self._failed is not None or self.run_id is None:
+            return
+        try:
+            call()
+        except Exception as err:  # a down server raises connection errors of many kinds
+            self._fail(err)
+
+    def _work(self) -> None:
+        while (call := self._queue.get()) is not None:
+            self._safe(call)
+
+    def log(self, scope: str, step: int, metrics: dict[str, float]) -> None:
+        if (scope, step) in self.logged:
+            return
+        self.logged.add((scope, step))
+        now = _now_ms()
+        record = {
+            "type": "metrics",
+            "scope": scope,
+            "step": step,
+            "time_ms": now,
+            "metrics": metrics,
+        }
+        self.journal.append(record, sync=scope == "epoch")
+
+        def send() -> None:
+            from mlflow.entities import Metric
+
+            prefix = SCOPE_PREFIX[scope]
+            batch = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()]
+            self._client().log_batch(self.run_id, metrics=batch)
+
+        self._queue.put(send)
+
+    def log_artifact(self, path: Path) -> None:
+        self._queue.put(lambda: self._client().log_artifact(self.run_id, str(path)))
+
+    def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
+        self._queue.put(lambda: self._client().set_terminated(self.run_id, status))
+        self._queue.put(None)
+        self._thread.join(timeout_s)
+
+    @property
+    def healthy(self) -> bool:
+        return self._failed is None and self.run_id is not None

@@ -1,0 +1,99 @@
+"""Checkpoints: one file per save, written atomically, loadable with weights_only=True.
+
+A checkpoint holds everything needed to continue as if never interrupted: the model, the
+optimizer state (the paper's Delta and m buffers), every rank's BatchNorm buffers, the position
+in the epoch (which fixes the sampler), the RNG states, the MLflow run id and the fingerprint of
+the config and data it was made with.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline import atomic
+
+FORMAT_VERSION = 1
+NAME = re.compile(r"^ckpt-e(\d{4})-s(\d{7})\.pt$")
+
+
+def checkpoint_name(epoch: int, step: int) -> str:
+    """`step` is the next step to run in `epoch` (0 = the epoch has not started)."""
+    return f"ckpt-e{epoch:04d}-s{step:07d}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state[1].astype(np.int64)),
+            "pos": int(numpy_state[2]),
+            "has_gauss": int(numpy_state[3]),
+            "cached_gaussian": float(numpy_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    key = n["key"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", key, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: Path, state: dict[str, Any], keep: int) -> Path:
+    """Write `state` atomically as ckpt-e<epoch>-s<step>.pt; keep the newest `keep` files."""
+    path = directory / checkpoint_name(state["epoch"], state["step"])
+    with atomic.atomic_path(path) as tmp:
+        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+    for old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files, oldest first (by position in training, not by file time)."""
+    if not directory.is_dir():
+        return []
+    found = [(NAME.match(p.name), p) for p in directory.iterdir()]
+    return [p for m, p in sorted((m.groups(), p) for m, p in found if m)]
+
+
+@dataclass
+class Loaded:
+    path: Path
+    state: dict[str, Any]
+
+
+def load_latest(directory: Path) -> Loaded | None:
+    """The newest checkpoint that loads; a corrupt newer one is skipped with a warning."""
+    for path in reversed(list_checkpoints(directory)):
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # a truncated or corrupted file raises many types
+            message = f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); "
+            warnings.warn(message + "falling back to the one before", stacklevel=2)
+            print(f"warning: {message}falling back to the one before", file=sys.stderr)
+            continue
+        if state.get("format_version") != FORMAT_VERSION:
+            warnings.warn(f"checkpoint {path} has another format; skipped", stacklevel=2)
+            continue
+        return Loaded(path, state)
+    return None

@@ -1,0 +1,489 @@
+"""The training loop, top to bottom: `fit` -> `train_one_epoch` / `evaluate`.
+
+Every process runs `fit` (one per GPU, or per CPU worker with gloo). Rank 0 alone writes
+checkpoints, the journal and MLflow. Per iteration the learning rate and alpha_SGD come from the
+fractional epoch; a step is `accumulate` micro-batches of `batch_per_worker` images, each with
+its own BatchNorm statistics, exactly like the paper's 32-image workers.
+
+Host-device synchronisation happens only every `train.log_every` steps, where one small
+all-reduce carries the loss sums, the NaN check, rank 0's "checkpoint now" and any rank's
+"stop now" (the requeue signal), so all ranks act at the same step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import Config
+from pipeline.data.loader import (
+    EvalBatchSampler,
+    Normalizer,
+    ShardDataset,
+    TrainBatchSampler,
+    TrainTransform,
+    ValTransform,
+    make_loader,
+)
+from pipeline.errors import PipelineError
+from pipeline.paths import DataPaths, RunPaths
+from pipeline.tracking import Tracker
+from pipeline.train import checkpoint
+from pipeline.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    average_bn_stats,
+    bn_buffers,
+    gather_objects,
+    wrap_ddp,
+)
+from pipeline.train.model import build_model, param_groups, to_device
+from pipeline.train.optim import HybridRMSpropSGD
+from pipeline.train.schedules import PAPER_EPOCHS, alpha_sgd, goyal_lr, slow_start_lr
+
+
+class NonFiniteLoss(PipelineError, RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+class Preempted(Exception):
+    """A stop was requested (the requeue signal); a checkpoint has been written."""
+
+
+@dataclass
+class StopFlag:
+    """Set from a signal handler; read by the loop at the next synchronisation point."""
+
+    requested: bool = False
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch being trained
+    step: int = 0  # the next step within it
+    iteration: int = 0  # steps done in total
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
+    epoch_train_s: float = 0.0
+    epoch_wait_s: float = 0.0
+    wall_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def schedule(config: Config) -> Callable[[float], tuple[float, float]]:
+    """(eta_SGD, alpha_SGD) as functions of the fractional epoch."""
+    epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
+    scale = epochs / PAPER_EPOCHS
+    base = config.base_lr
+    s = config.schedule
+
+    def lr(e: float) -> float:
+        if s.name == "goyal":
+            return goyal_lr(e, base, epochs, warmup_epochs=s.warmup_epochs)
+        return slow_start_lr(e, base, epochs)
+
+    def alpha(e: float) -> float:
+        if config.optimizer.name == "sgd":
+            return 1.0
+        if config.optimizer.name == "rmsprop":
+            return 0.0
+        return alpha_sgd(e, s.center * scale, s.period * scale)
+
+    return lambda e: (lr(e), alpha(e))
+
+
+def configure_determinism(deterministic: bool) -> None:
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+class MicroBatchBNMean:
+    """With gradient accumulation, make the BN buffers the mean over the step's micro-batches
+    (momentum 1.0 would keep only the last one), so `accumulate` micro-batches on one worker
+    leave the same statistics as that many workers with one micro-batch each."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = bn_buffers(model)
+        self.sums = [torch.zeros_like(b, dtype=torch.float32) for b in self.buffers]
+        self.count = 0
+
+    def add(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers, strict=True):
+            total.add_(buffer)
+        self.count += 1
+
+    def finish(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers, strict=True):
+            buffer.copy_(total / self.count)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+def _eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else (f"{seconds // 60}m{seconds % 60:02d}s")
+    )
+
+
+class Trainer:
+    """Everything one process needs to train: built once, then `fit`."""
+
+    def __init__(
+        self, config: Config, env: DistEnv, fingerprint: str, stop: StopFlag | None = None
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.fingerprint = fingerprint
+        self.stop = stop or StopFlag()
+        self.run = RunPaths.of(config)
+        data = DataPaths.of(config)
+        t = config.train
+        configure_determinism(t.deterministic)
+        torch.manual_seed(config.seed)
+
+        self.train_set = ShardDataset(
+            data.shard_dir("train"), TrainTransform.from_config(config.data, config.seed)
+        )
+        self.val_set = ShardDataset(data.shard_dir("val"), ValTransform.from_config(config.data))
+        self.num_classes = self.train_set.num_classes
+        self.model = to_device(
+            build_model(config.model, self.num_classes), env.device, t.channels_last
+        )
+        self.progress = Progress()
+        loaded = checkpoint.load_latest(self.run.checkpoints)
+        if loaded is not None and loaded.state["fingerprint"] != fingerprint:
+            raise PipelineError(
+                f"{loaded.path} was made with another config or data (fingerprint "
+                f"{loaded.state['fingerprint']} vs {fingerprint}); `train --fresh` starts over"
+            )
+        if loaded is not None:
+            self.model.load_state_dict(loaded.state["model"])
+        self.ddp, self.comm = wrap_ddp(self.model, env, t.allreduce_dtype)
+        o = config.optimizer
+        self.optimizer = HybridRMSpropSGD(
+            param_groups(self.model, o.weight_decay),
+            lr=config.base_lr,
+            alpha_sgd=1.0,
+            lr_rmsprop=o.lr_rmsprop,
+            momentum=o.momentum,
+            rms_decay=o.rms_decay,
+            eps=o.eps,
+        )
+        self.run_id: str | None = None
+        if loaded is not None:
+            self._restore(loaded)
+
+        self.sampler = TrainBatchSampler(
+            len(self.train_set),
+            t.batch_per_worker,
+            env.world_size,
+            env.rank,
+            t.accumulate,
+            config.seed,
+        )
+        cuda = env.device.type == "cuda"
+        workers = config.data.loader_workers
+        self.train_loader = make_loader(self.train_set, self.sampler, workers, pin_memory=cuda)
+        eval_sampler = EvalBatchSampler(len(self.val_set), t.val_batch, env.world_size, env.rank)
+        self.val_loader = make_loader(self.val_set, eval_sampler, workers, pin_memory=cuda)
+        self.normalize = Normalizer(env.device, t.channels_last)
+        self.schedule = schedule(config)
+        self.autocast = (
+            (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16))
+            if t.precision == "bf16"
+            else contextlib.nullcontext
+        )
+        self.tracker: Tracker | None = None
+        self.average_micro_bn = t.accumulate > 1 and not config.model.bn_moving_average
+        self.steps_run = 0  # by this process (the comm hook's byte count is per process)
+        self.last_checkpoint = loaded.path if loaded is not None else None
+
+    # ---------------------------------------------------------------------------------------
+    # Checkpoints
+
+    def _restore(self, loaded: checkpoint.Loaded) -> None:
+        state = loaded.state
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        self.run_id = state.get("mlflow_run_id")
+        per_rank = state["per_rank"]
+        if len(per_rank) == self.env.world_size:
+            mine = per_rank[self.env.rank]
+            for buffer, saved in zip(bn_buffers(self.model), mine["bn"], strict=True):
+                buffer.copy_(saved)
+            checkpoint.set_rng_state(mine["rng"])
+        elif self.env.is_main:
+            _say(
+                f"warning: {loaded.path} was written by {len(per_rank)} processes, this run has "
+                f"{self.env.world_size}: every rank starts from rank 0's BN buffers"
+            )
+        if self.env.is_main:
+            p = self.progress
+            _say(
+                f"resuming from {loaded.path}: epoch {p.epoch}, step {p.step}, "
+                f"iteration {p.iteration}"
+            )
+
+    def save_checkpoint(self) -> None:
+        """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes."""
+        mine = {
+            "bn": [b.detach().cpu().clone() for b in bn_buffers(self.model)],
+            "rng": checkpoint.rng_state(),
+        }
+        per_rank = gather_objects(mine)
+        if not self.env.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "per_rank": per_rank,
+            "epoch": self.progress.epoch,
+            "step": self.progress.step,
+            "progress": asdict(self.progress),
+            "mlflow_run_id": self.run_id,
+            "fingerprint": self.fingerprint,
+            "world_size": self.env.world_size,
+            "config": self.config.model_dump(mode="json"),
+        }
+        self.last_checkpoint = checkpoint.save(
+            self.run.checkpoints, state, self.config.train.keep_checkpoints
+        )
+
+    # ---------------------------------------------------------------------------------------
+    # Training
+
+    def fit(self, tracker: Tracker | None) -> dict[str, Any]:
+        self.tracker = tracker
+        t = self.config.train
+        p = self.progress
+        last_save = time.monotonic()
+        while p.epoch < t.epochs:
+            start = time.monotonic()
+            before_resume_s = p.epoch_train_s  # this epoch's time before a restart, if any
+            last_save = self.train_one_epoch(p.epoch, last_save)
+            train_s = p.epoch_train_s
+            average_bn_stats(self.model)  # the paper: validate with the workers' mean stats
+            val = self.evaluate()
+            lr, alpha = self.schedule(float(p.epoch))
+            loss_sum, correct, images = p.epoch_sums
+            metrics = {
+                "train_loss": loss_sum / images,
+                "train_top1": correct / images,
+                **val,
+                "lr": lr,
+                "alpha_sgd": alpha,
+                "epoch_time_s": before_resume_s + (time.monotonic() - start),
+                "images_per_s": images / max(train_s, 1e-9),
+                "data_wait_fraction": p.epoch_wait_s / max(train_s, 1e-9),
+            }
+            p.history.append({"epoch": p.epoch, **metrics})
+            p.wall_time_s += metrics["epoch_time_s"]
+            if self.tracker is not None:
+                self.tracker.log("epoch", p.epoch, metrics)  # before the checkpoint: see README
+            if self.env.is_main:
+                _say(
+                    f"epoch {p.epoch + 1}/{t.epochs}: train_loss {metrics['train_loss']:.4f} "
+                    f"val_top1 {100 * val['val_top1']:.2f} % val_top5 "
+                    f"{100 * val['val_top5']:.2f} % ({metrics['epoch_time_s']:.1f} s, "
+                    f"{metrics['images_per_s']:.0f} img/s)"
+                )
+            p.epoch += 1
+            p.step = 0
+            p.epoch_sums = [0.0, 0.0, 0.0]
+            p.epoch_train_s = p.epoch_wait_s = 0.0
+            self.save_checkpoint()
+            last_save = time.monotonic()
+            if self.stop.requested and p.epoch < t.epochs:
+                raise Preempted(f"stopped after epoch {p.epoch}")
+        return self.summary()
+
+    def train_one_epoch(self, epoch: int, last_save: float) -> float:
+        t = self.config.train
+        p = self.progress
+        steps = self.sampler.steps_per_epoch
+        self.sampler.set_epoch(epoch, p.step)
+        self.ddp.train()
+        batches = iter(self.train_loader)
+        interval_losses: list[torch.Tensor] = []
+        interval = torch.zeros(3, dtype=torch.float64, device=self.env.device)  # loss, correct, n
+        wait_s = 0.0
+        tick = time.monotonic()
+        for step in range(p.step, steps):
+            lr, alpha = self.schedule(epoch + step / steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+                group["alpha_sgd"] = alpha
+            last_step = step == steps - 1
+            bn_mean = MicroBatchBNMean(self.model) if last_step and self.average_micro_bn else None
+            step_loss = torch.zeros((), device=self.env.device)
+            for micro in range(t.accumulate):
+                waited = time.monotonic()
+                images, labels = next(batches)
+                wait_s += time.monotonic() - waited
+                x = self.normalize(images)
+                y = labels.to(self.env.device, non_blocking=True)
+                sync = micro == t.accumulate - 1  # all-reduce only after the last micro-batch
+                with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast():
+                    logits = self.ddp(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                if t.fail_at_iteration == p.iteration:  # testing aid, see TrainConfig
+                    loss = loss * float("nan")
+                # Mean over the whole minibatch: DDP averages over workers, this over micro-batches.
+                (loss / t.accumulate).backward()
+                if bn_mean is not None:
+                    bn_mean.add()
+                step_loss += loss.detach()
+                interval[0] += loss.detach() * y.numel()
+                interval[1] += (logits.detach().argmax(1) == y).sum()
+                interval[2] += y.numel()
+            if bn_mean is not None:
+                bn_mean.finish()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.steps_run += 1
+            interval_losses.append(step_loss / t.accumulate)
+            p.iteration += 1
+            p.step = step + 1
+
+            if p.iteration % t.log_every == 0 or p.step == steps:
+                now = time.monotonic()
+                want_save = self.env.is_main and now - last_save >= t.checkpoint_every_min * 60
+                losses = torch.stack(interval_losses)
+                nonfinite = float((~torch.isfinite(losses)).sum())  # the one host sync
+                flags = [nonfinite, float(want_save), float(self.stop.requested)]
+                reduced = all_reduce_sum([*interval.tolist(), *flags], self.env.device)
+                loss_sum, correct, images, bad, save_now, stop_now = reduced
+                if bad:
+                    self._raise_nonfinite(losses, p.iteration - len(interval_losses), epoch)
+                elapsed = now - tick
+                p.epoch_train_s += elapsed
+                p.epoch_wait_s += wait_s
+                for i, value in enumerate((loss_sum, correct, images)):
+                    p.epoch_sums[i] += value
+                self._report_interval(epoch, steps, lr, alpha, loss_sum / images, images / elapsed)
+                interval_losses.clear()
+                interval.zero_()
+                wait_s = 0.0
+                if (save_now or stop_now) and p.step < steps:
+                    self.save_checkpoint()
+                    last_save = time.monotonic()
+                if stop_now:
+                    if p.step == steps:  # the epoch is complete: finish it first
+                        self.stop.requested = True
+                    else:
+                        raise Preempted(f"stopped at iteration {p.iteration}")
+                tick = time.monotonic()
+        return last_save
+
+    def _raise_nonfinite(self, losses: torch.Tensor, first_iteration: int, epoch: int) -> None:
+        local = torch.nonzero(~torch.isfinite(losses))
+        mine = first_iteration + int(local[0]) if local.numel() else 2**62
+        first = torch.tensor([mine], dtype=torch.int64, device=losses.device)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        iteration = int(first)
+        steps = self.sampler.steps_per_epoch
+        where = f"epoch {iteration // steps}, step {iteration % steps}" if steps else ""
+        kept = self.last_checkpoint or "none yet"
+        raise NonFiniteLoss(
+            f"the training loss became NaN/Inf at iteration {iteration} ({where}); training "
+            f"stopped. Last good checkpoint: {kept}. Lower schedule.base_lr or check the data."
+        )
+
+    def _report_interval(
+        self, epoch: int, steps: int, lr: float, alpha: float, loss: float, images_per_s: float
+    ) -> None:
+        p = self.progress
+        if self.tracker is not None:
+            metrics = {
+                "lr": lr,
+                "alpha_sgd": alpha,
+                "train_loss": loss,
+                "epoch": epoch + p.step / steps,
+            }
+            self.tracker.log("iteration", p.iteration, metrics)
+        if self.env.is_main:
+            remaining = (self.config.train.epochs - epoch) * steps - p.step
+            eta = remaining * self.sampler.global_batch / max(images_per_s, 1e-9)
+            _say(
+                f"epoch {epoch + 1}/{self.config.train.epochs} step {p.step}/{steps} "
+                f"loss {loss:.4f} lr {lr:.4g} alpha_sgd {alpha:.3f} "
+                f"{images_per_s:.0f} img/s eta {_eta(eta)}"
+            )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Top-1, top-5 and loss over the whole val split, each image counted once."""
+        model = self.model  # not the DDP wrapper: no buffer broadcasts, no gradient hooks
+        model.eval()
+        sums = torch.zeros(4, dtype=torch.float64, device=self.env.device)
+        k = min(5, self.num_classes)
+        for images, labels in self.val_loader:
+            x = self.normalize(images)
+            y = labels.to(self.env.device, non_blocking=True)
+            with self.autocast():
+                logits = model(x).float()
+            hits = logits.topk(k, dim=1).indices.eq(y[:, None])
+            sums[0] += F.cross_entropy(logits, y, reduction="sum")
+            sums[1] += hits[:, 0].sum()
+            sums[2] += hits.any(dim=1).sum()
+            sums[3] += y.numel()
+        model.train()
+        loss, top1, top5, n = all_reduce_sum(sums.tolist(), self.env.device)
+        if n != len(self.val_set):
+            raise RuntimeError(f"validation saw {n} images, the val split has {len(self.val_set)}")
+        return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
+
+    def summary(self) -> dict[str, Any]:
+        p = self.progress
+        last = p.history[-1] if p.history else {}
+        return {
+            "epochs": p.epoch,
+            "iterations": p.iteration,
+            "final": last,
+            "best_val_top1": max((h["val_top1"] for h in p.history), default=math.nan),
+            "best_val_top5": max((h["val_top5"] for h in p.history), default=math.nan),
+            "wall_time_s": p.wall_time_s,
+            "global_batch": self.sampler.global_batch,
+            "world_size": self.env.world_size,
+            "mlflow_run_id": self.run_id,
+            "fingerprint": self.fingerprint,
+            "allreduce_bytes_per_step": self.comm.bytes_reduced / max(1, self.steps_run),
+        }
+
+    def save_final(self) -> None:
+        if not self.env.is_main:
+            return
+        from pipeline import atomic
+
+        state = {
+            "model": self.model.state_dict(),
+            "arch": self.config.model.arch,
+            "small_input": self.config.model.small_input,
+            "num_classes": self.num_classes,
+            "fingerprint": self.fingerprint,
+            "summary": self.summary(),
+        }
+        with atomic.atomic_path(self.run.final) as tmp:
+            torch.save(state, tmp)

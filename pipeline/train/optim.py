@@ -1,0 +1,155 @@
+"""The paper's hybrid optimizer: RMSprop warm-up moving smoothly to momentum SGD.
+
+Per parameter, per iteration (Akiba et al., appendix A; DESIGN section 4), with g the gradient
+plus weight_decay * theta (Chainer's WeightDecay hook adds it before the update rule):
+
+    m     = mu2 * m + (1 - mu2) * g^2
+    Delta = mu1 * Delta - (alpha_sgd + alpha_rmsprop / (sqrt(m) + eps)) * g
+    theta = theta + lr * Delta
+
+with alpha_rmsprop = (1 - alpha_sgd) * lr_rmsprop / lr, m_0 = Delta_0 = 0 and no bias
+correction. alpha_sgd = 1 is momentum SGD (torch.optim.SGD(momentum=0.9)); alpha_sgd = 0 is
+RMSprop with momentum (torch.optim.RMSprop(lr=lr_rmsprop, alpha=0.99, momentum=0.9)).
+
+Each param group carries `lr` (eta_SGD) and `alpha_sgd`, which the training loop sets every
+iteration. The step runs as a handful of fused `torch._foreach_*` kernels over all parameters of
+a group on GPUs; on CPUs a per-tensor loop is faster (each tensor stays in cache through all
+its operations: 36 vs 49 ms for ResNet-18 here), so `foreach=None` picks by device. The tests
+check that both give the same result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch.optim import Optimizer
+
+
+class HybridRMSpropSGD(Optimizer):
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        alpha_sgd: float,
+        lr_rmsprop: float = 3e-4,
+        momentum: float = 0.9,
+        rms_decay: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        foreach: bool | None = None,
+    ) -> None:
+        if lr <= 0:
+            raise ValueError(f"lr must be positive, got {lr}")
+        if not 0.0 <= alpha_sgd <= 1.0:
+            raise ValueError(f"alpha_sgd must be in [0, 1], got {alpha_sgd}")
+        defaults = dict(
+            lr=lr,
+            alpha_sgd=alpha_sgd,
+            lr_rmsprop=lr_rmsprop,
+            momentum=momentum,
+            rms_decay=rms_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, squares, deltas = [], [], [], []
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("HybridRMSpropSGD does not support sparse gradients")
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["delta"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                params.append(p)
+                grads.append(p.grad)
+                squares.append(state["square_avg"])
+                deltas.append(state["delta"])
+            if not params:
+                continue
+            alpha_sgd = group["alpha_sgd"]
+            alpha_rms = (1.0 - alpha_sgd) * group["lr_rmsprop"] / group["lr"]
+            foreach = group["foreach"]
+            if foreach is None:  # like torch's own optimizers: fused kernels pay off on GPUs
+                foreach = params[0].is_cuda
+            update = _foreach_update if foreach else _plain_update
+            update(
+                params,
+                grads,
+                squares,
+                deltas,
+                lr=group["lr"],
+                alpha_sgd=alpha_sgd,
+                alpha_rms=alpha_rms,
+                momentum=group["momentum"],
+                rms_decay=group["rms_decay"],
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+            )
+        return loss
+
+
+def _plain_update(
+    params,
+    grads,
+    squares,
+    deltas,
+    *,
+    lr,
+    alpha_sgd,
+    alpha_rms,
+    momentum,
+    rms_decay,
+    eps,
+    weight_decay,
+) -> None:
+    for p, g, m, delta in zip(params, grads, squares, deltas, strict=True):
+        if weight_decay:
+            g = g.add(p, alpha=weight_decay)
+        m.mul_(rms_decay).addcmul_(g, g, value=1.0 - rms_decay)
+        # Delta = mu1 Delta - alpha_sgd g - alpha_rms g / (sqrt(m) + eps), in that order
+        delta.mul_(momentum).add_(g, alpha=-alpha_sgd)
+        if alpha_rms:
+            delta.addcdiv_(g, m.sqrt().add_(eps), value=-alpha_rms)
+        p.add_(delta, alpha=lr)
+
+
+def _foreach_update(
+    params,
+    grads,
+    squares,
+    deltas,
+    *,
+    lr,
+    alpha_sgd,
+    alpha_rms,
+    momentum,
+    rms_decay,
+    eps,
+    weight_decay,
+) -> None:
+    """The same arithmetic as `_plain_update`, one fused kernel per line over all tensors
+    (8 passes over the parameters' memory; 5 once alpha_rms is 0, the SGD phase)."""
+    if weight_decay:
+        grads = torch._foreach_add(grads, params, alpha=weight_decay)
+    torch._foreach_mul_(squares, rms_decay)
+    torch._foreach_addcmul_(squares, grads, grads, value=1.0 - rms_decay)
+    torch._foreach_mul_(deltas, momentum)
+    torch._foreach_add_(deltas, grads, alpha=-alpha_sgd)
+    if alpha_rms:
+        denominators = torch._foreach_sqrt(squares)
+        torch._foreach_add_(denominators, eps)
+        torch._foreach_addcdiv_(deltas, grads, denominators, value=-alpha_rms)
+    torch._foreach_add_(params, deltas, alpha=lr)

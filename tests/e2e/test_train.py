@@ -1,0 +1,200 @@
+"""`python -m pipeline train` as a user runs it: submitit's local executor, 2 gloo processes,
+the embedded digits demo, MLflow read back through its own client."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import PROJECT, free_port, mlflow_server, run_stage
+from pipeline.config import load_config
+from pipeline.paths import RunPaths
+from pipeline.tracking import Journal
+
+pytestmark = pytest.mark.slow
+EPOCHS = 2
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory):
+    """The demo's digits, indexed and sharded once for the module."""
+    tmp = tmp_path_factory.mktemp("demo")
+    config = demo_config(tmp, None)
+    for stage in ("demo-data", "index", "shard"):
+        run_stage(stage, "--config", str(config))
+    return tmp / "results" / "data" / "digits"
+
+
+def demo_config(folder, shards, **changes):
+    """config/config.yaml for a short run under `folder`, reusing already built shards."""
+    config = yaml.safe_load((PROJECT / "config" / "config.yaml").read_text())
+    config["results_dir"] = str(folder / "results")
+    config["data"]["root"] = str(folder / "digits")
+    config["train"].update(epochs=EPOCHS, checkpoint_every_min=1e-6, log_every=4)
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    if shards is not None:
+        (folder / "results" / "data").mkdir(parents=True, exist_ok=True)
+        link = folder / "results" / "data" / "digits"
+        if not link.exists():
+            link.symlink_to(shards)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def train(config_path, *extra, check=True):
+    return run_stage("train", "--config", str(config_path), *extra, check=check)
+
+
+def states_equal(a, b):
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def finished(demo_shards, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("finished")
+    path = demo_config(folder, demo_shards)
+    result = train(path)
+    return load_config(path), result
+
+
+def test_training_writes_final_weights_and_a_summary(finished):
+    config, result = finished
+    run = RunPaths.of(config)
+    done = json.loads(run.train_done.read_text())
+    assert done["epochs"] == EPOCHS and done["world_size"] == 2 and done["global_batch"] == 64
+    assert 0.5 < done["final"]["val_top1"] <= 1.0  # digits are learnt within two epochs
+    final = torch.load(run.final, weights_only=True)
+    assert final["arch"] == "resnet18" and final["num_classes"] == 10
+    assert "train: done: val_top1" in result.stderr
+    assert "epoch 2/2: train_loss" in result.stdout  # rank 0's progress is streamed
+
+
+def test_mlflow_holds_params_tags_and_one_metric_per_epoch(finished):
+    config, _ = finished
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name.startswith("demo-")
+    assert run.data.params["train.epochs"] == str(EPOCHS)
+    assert run.data.params["optimizer.name"] == "hybrid"
+    tags = run.data.tags
+    assert tags["world_size"] == "2" and tags["slurm_job_id"] == "none"
+    assert tags["git_commit"] and tags["host"] and tags["fingerprint"]
+    for key in (
+        "train_loss",
+        "train_top1",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "lr",
+        "alpha_sgd",
+        "epoch_time_s",
+        "images_per_s",
+    ):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(EPOCHS)), key
+    iteration_lr = client.get_metric_history(run.info.run_id, "iter/lr")
+    assert len(iteration_lr) >= 2 * 22 // 4
+    journal = Journal(RunPaths.of(config).journal).read()
+    epochs = [r for r in journal if r.get("type") == "metrics" and r["scope"] == "epoch"]
+    val = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_top1")}
+    assert {r["step"]: r["metrics"]["val_top1"] for r in epochs} == val
+
+
+def test_killed_mid_epoch_and_resumed_ends_bit_identical(finished, demo_shards, tmp_path):
+    reference, _ = finished
+    path = demo_config(tmp_path, demo_shards)
+    config = load_config(path)
+    run = RunPaths.of(config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "--config", str(path)],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 300
+
+    def mid_second_epoch():
+        return [
+            p
+            for p in run.checkpoints.glob("ckpt-e0001-s*.pt")
+            if not p.name.endswith("s0000000.pt")
+        ]
+
+    while not mid_second_epoch():
+        assert process.poll() is None, "training ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the CLI, submitit's controller and both ranks
+    process.wait()
+    time.sleep(1)
+    assert not run.final.exists()
+
+    resumed = train(path)
+    assert "resuming from" in resumed.stderr
+    a = torch.load(RunPaths.of(reference).final, weights_only=True)["model"]
+    b = torch.load(run.final, weights_only=True)["model"]
+    assert states_equal(a, b)
+    last = f"ckpt-e{EPOCHS:04d}-s0000000.pt"
+    opt_a = torch.load(RunPaths.of(reference).checkpoints / last, weights_only=True)["optimizer"]
+    opt_b = torch.load(run.checkpoints / last, weights_only=True)["optimizer"]
+    for key, state in opt_a["state"].items():
+        assert torch.equal(state["delta"], opt_b["state"][key]["delta"])
+        assert torch.equal(state["square_avg"], opt_b["state"][key]["square_avg"])
+
+    # One MLflow run, each epoch logged once.
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_top1")]
+    assert sorted(steps) == list(range(EPOCHS))
+
+
+def test_an_unreachable_tracking_server_loses_nothing(demo_shards, tmp_path):
+    port = free_port()
+    path = demo_config(tmp_path, demo_shards, tracking={"uri": f"http://127.0.0.1:{port}"})
+    config = load_config(path)
+    result = train(path)
+    assert "warning: MLflow at" in result.stderr
+    journal = Journal(RunPaths.of(config).journal)
+    records = journal.read()
+    epochs = sorted(r["step"] for r in records if r.get("scope") == "epoch")
+    assert epochs == list(range(EPOCHS))
+    assert journal.run_id() is None
+
+    with mlflow_server(port, tmp_path / "server") as uri:
+        first = run_stage("sync-mlflow", "--config", str(path))
+        assert "created" in first.stderr
+        second = run_stage("sync-mlflow", "--config", str(path))
+        assert "0 metrics added" in second.stderr
+        client = MlflowClient(uri)
+        run_id = journal.run_id()
+        assert run_id is not None
+        history = client.get_metric_history(run_id, "val_top1")
+        assert sorted(m.step for m in history) == list(range(EPOCHS))
+        assert client.get_run(run_id).data.params["train.epochs"] == str(EPOCHS)
+
+
+def test_a_failing_job_exits_non_zero_with_the_tail_of_its_log(demo_shards, tmp_path):
+    path = demo_config(
+        tmp_path, demo_shards, train={"fail_at_iteration": 3}, launcher={"tasks_per_node": 1}
+    )
+    result = train(path, check=False)
+    assert result.returncode == 2
+    assert "ended as" in result.stderr and "last lines of" in result.stderr
+    assert "NaN/Inf at iteration 3" in result.stderr

@@ -1,0 +1,115 @@
+"""The real training loop on small real shards, in this process and in two gloo processes."""
+
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import build_shards, free_port, make_folder_dataset, write_config
+from pipeline.config import load_config
+from pipeline.launch import TrainJob, run_fingerprint
+from pipeline.paths import RunPaths
+from pipeline.train.loop import NonFiniteLoss
+from pipeline.train.model import build_model
+
+
+@pytest.fixture(scope="module")
+def data_config(tmp_path_factory):
+    """48 train / 12 val synthetic images in 3 classes, sharded once for this module."""
+    tmp = tmp_path_factory.mktemp("trainer")
+    make_folder_dataset(tmp / "images", classes=3, train=16, val=4, size=(40, 40))
+    path = write_config(
+        tmp,
+        tmp / "images",
+        data={"image_size": 32, "val_resize": 32, "loader_workers": 0},
+        model={"arch": "resnet18"},
+        train={
+            "epochs": 1,
+            "batch_per_worker": 8,
+            "deterministic": True,
+            "log_every": 1,
+            "allreduce_dtype": "fp32",
+        },
+        schedule={"base_lr": 0.05},
+    )
+    build_shards(path)
+    return path
+
+
+def experiment(data_config, name, **changes):
+    config = yaml.safe_load(data_config.read_text())
+    config["experiment"] = name
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    path = data_config.with_name(f"{name}.yaml")
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
+
+
+def run_in_process(config):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    return TrainJob(config.model_dump(mode="json"), run_fingerprint(config), {})()
+
+
+def _rank_entry(rank, config_dict, fingerprint, port):
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    TrainJob(config_dict, fingerprint, {})()
+
+
+def run_two_processes(config):
+    mp.start_processes(
+        _rank_entry,
+        args=(config.model_dump(mode="json"), run_fingerprint(config), free_port()),
+        nprocs=2,
+        start_method="spawn",
+    )
+
+
+def final_state(config):
+    return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
+
+
+@pytest.mark.slow
+def test_accumulate_2_on_1_process_equals_2_processes(data_config):
+    one = experiment(data_config, "acc2", train={"accumulate": 2})
+    two = experiment(data_config, "world2", launcher={"tasks_per_node": 2})
+    assert one.global_batch == two.global_batch == 16
+    summary = run_in_process(one)
+    run_two_processes(two)
+    assert summary["iterations"] == 3
+    a, b = final_state(one), final_state(two)
+    for name in a:
+        if a[name].is_floating_point():
+            # Same images per step, BN per 8-image micro-batch: the same computation.
+            torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    torch.manual_seed(one.seed)
+    initial = build_model(one.model, 3).state_dict()
+    assert any(not torch.allclose(initial[n], a[n]) for n in a if a[n].is_floating_point())
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(data_config):
+    config = experiment(
+        data_config,
+        "nan",
+        train={"epochs": 2, "fail_at_iteration": 4, "checkpoint_every_min": 1e-6},
+    )
+    with pytest.raises(NonFiniteLoss, match=r"NaN/Inf at iteration 4 \(epoch 0, step 4\)") as err:
+        run_in_process(config)
+    run = RunPaths.of(config)
+    assert "ckpt-e0000-s0000004.pt" in str(err.value)  # saved before the bad step
+    assert not run.final.exists()
+    names = sorted(p.name for p in run.checkpoints.glob("*.pt"))
+    assert names[-1] == "ckpt-e0000-s0000004.pt"
+    checkpoint = torch.load(run.checkpoints / names[-1], weights_only=True)
+    assert all(
+        torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
+    )

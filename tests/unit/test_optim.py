@@ -1,0 +1,139 @@
+"""The hybrid optimizer against the paper's three equations in float64 NumPy."""
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.train.optim import HybridRMSpropSGD
+
+MU1, MU2, EPS, LR_RMS = 0.9, 0.99, 1e-8, 3e-4
+
+
+def reference(theta0, grads, lrs, alphas, weight_decay):
+    """Appendix A of Akiba et al., literally, in float64."""
+    theta = theta0.copy()
+    m = np.zeros_like(theta)
+    delta = np.zeros_like(theta)
+    for g, lr, a in zip(grads, lrs, alphas, strict=True):
+        g = g + weight_decay * theta
+        m = MU2 * m + (1 - MU2) * g**2
+        alpha_rms = (1 - a) * LR_RMS / lr
+        delta = MU1 * delta - (a + alpha_rms / (np.sqrt(m) + EPS)) * g
+        theta = theta + lr * delta
+    return theta
+
+
+def run(theta0, grads, lrs, alphas, weight_decay, foreach, dtype=torch.float64):
+    param = torch.nn.Parameter(torch.tensor(theta0, dtype=dtype))
+    opt = HybridRMSpropSGD(
+        [param], lr=lrs[0], alpha_sgd=alphas[0], weight_decay=weight_decay, foreach=foreach
+    )
+    for g, lr, a in zip(grads, lrs, alphas, strict=True):
+        opt.param_groups[0]["lr"] = lr
+        opt.param_groups[0]["alpha_sgd"] = a
+        param.grad = torch.tensor(g, dtype=dtype)
+        opt.step()
+    return param.detach()
+
+
+@pytest.fixture
+def trajectory():
+    rng = np.random.default_rng(0)
+    steps = 1000
+    theta0 = rng.normal(size=(7, 5))
+    grads = [rng.normal(scale=0.1 + 0.05 * (i % 7), size=(7, 5)) for i in range(steps)]
+    e = np.linspace(0, 15, steps)  # through the whole RMSprop -> SGD transition
+    alphas = np.where(e < 10, 0.5 * np.exp(2 * (e - 10) / 5), np.minimum(1, 0.5 + (e - 10) / 5))
+    lrs = 0.05 * (1 + 0.5 * np.sin(np.arange(steps) / 40))  # changing every step
+    return theta0, grads, lrs.tolist(), alphas.tolist()
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-4])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_matches_the_papers_equations_over_1000_steps(trajectory, weight_decay, foreach):
+    theta0, grads, lrs, alphas = trajectory
+    expected = reference(theta0, grads, lrs, alphas, weight_decay)
+    got = run(theta0, grads, lrs, alphas, weight_decay, foreach).numpy()
+    relative = np.abs(got - expected) / np.maximum(np.abs(expected), 1e-12)
+    assert relative.max() <= 1e-6
+    assert np.abs(expected - theta0).max() > 0.1  # the test moved the parameters
+
+
+def test_weight_decay_changes_the_result(trajectory):
+    theta0, grads, lrs, alphas = trajectory
+    a = run(theta0, grads, lrs, alphas, 0.0, False)
+    b = run(theta0, grads, lrs, alphas, 1e-2, False)
+    assert not torch.allclose(a, b)
+
+
+def _compare(make_ours, make_theirs, lrs, steps=200):
+    rng = np.random.default_rng(1)
+    theta0 = rng.normal(size=(11,))
+    ours = torch.nn.Parameter(torch.tensor(theta0))
+    theirs = torch.nn.Parameter(torch.tensor(theta0))
+    opt_ours, opt_theirs = make_ours([ours]), make_theirs([theirs])
+    for i in range(steps):
+        g = torch.tensor(rng.normal(size=(11,)))
+        for opt in (opt_ours, opt_theirs):
+            for group in opt.param_groups:
+                group["lr"] = lrs(i) if opt is opt_ours else group["lr"]
+        ours.grad, theirs.grad = g.clone(), g.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    return ours.detach(), theirs.detach()
+
+
+def test_alpha_sgd_1_is_momentum_sgd():
+    ours, theirs = _compare(
+        lambda p: HybridRMSpropSGD(p, lr=0.1, alpha_sgd=1.0),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        lrs=lambda i: 0.1,
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_alpha_sgd_0_is_rmsprop_with_momentum():
+    ours, theirs = _compare(
+        lambda p: HybridRMSpropSGD(p, lr=0.1, alpha_sgd=0.0),
+        lambda p: torch.optim.RMSprop(p, lr=LR_RMS, alpha=MU2, eps=EPS, momentum=MU1),
+        lrs=lambda i: 0.1,
+    )
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+
+
+def test_fast_and_plain_steps_agree_in_float32():
+    torch.manual_seed(0)
+    params = [torch.randn(64, 3, 3, 3), torch.randn(64), torch.randn(10, 64)]
+    copies = [[torch.nn.Parameter(p.clone()) for p in params] for _ in range(2)]
+    optimizers = [
+        HybridRMSpropSGD(c, lr=0.2, alpha_sgd=0.3, weight_decay=1e-4, foreach=f)
+        for c, f in zip(copies, (True, False), strict=True)
+    ]
+    for step in range(50):
+        grads = [torch.randn_like(p) for p in params]
+        for c, opt in zip(copies, optimizers, strict=True):
+            opt.param_groups[0]["alpha_sgd"] = min(1.0, 0.3 + step / 40)
+            for p, g in zip(c, grads, strict=True):
+                p.grad = g.clone()
+            opt.step()
+    for a, b in zip(*copies, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_state_is_the_papers_delta_and_m():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = HybridRMSpropSGD([p], lr=0.1, alpha_sgd=0.5)
+    p.grad = torch.full((3,), 2.0)
+    opt.step()
+    state = opt.state[p]
+    torch.testing.assert_close(state["square_avg"], torch.full((3,), 0.01 * 4))
+    alpha_rms = 0.5 * LR_RMS / 0.1
+    expected = -(0.5 + alpha_rms / (0.2 + EPS)) * 2.0
+    torch.testing.assert_close(state["delta"], torch.full((3,), expected))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="alpha_sgd must be in"):
+        HybridRMSpropSGD([torch.nn.Parameter(torch.ones(1))], lr=0.1, alpha_sgd=1.5)
+    with pytest.raises(ValueError, match="lr must be positive"):
+        HybridRMSpropSGD([torch.nn.Parameter(torch.ones(1))], lr=0, alpha_sgd=0.5)

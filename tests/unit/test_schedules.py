@@ -1,0 +1,101 @@
+import itertools
+import math
+
+import pytest
+
+from pipeline.config import config_from_mapping
+from pipeline.train.loop import schedule
+from pipeline.train.schedules import alpha_sgd, goyal_lr, slow_start_lr
+
+MINIMAL = {"experiment": "x", "data": {"name": "d", "root": "/data"}}
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [(0, 0.009158), (5, 0.067668), (10, 0.5), (11.25, 0.75), (12.5, 1.0), (13, 1.0), (89, 1.0)],
+)
+def test_alpha_sgd_reference_values(epoch, expected):
+    assert alpha_sgd(epoch) == pytest.approx(expected, abs=5e-7)
+
+
+def test_alpha_sgd_is_continuous_with_continuous_slope_at_the_center():
+    h = 1e-7
+    assert alpha_sgd(10 - h) == pytest.approx(0.5, abs=1e-6)
+    left_slope = (alpha_sgd(10 - h) - alpha_sgd(10 - 2 * h)) / h
+    right_slope = (alpha_sgd(10 + 2 * h) - alpha_sgd(10 + h)) / h
+    assert left_slope == pytest.approx(1 / 5, rel=1e-3)
+    assert right_slope == pytest.approx(1 / 5, rel=1e-3)
+    # The misprinted 0.5 + 2 (e - c) / p would reach 1.5 at c + p/2; this reaches exactly 1.
+    assert alpha_sgd(12.5 - 1e-9) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_alpha_sgd_is_monotone():
+    values = [alpha_sgd(e / 10) for e in range(0, 900)]
+    assert all(b >= a for a, b in itertools.pairwise(values))
+
+
+@pytest.mark.parametrize(
+    ("epoch", "factor"),
+    [(0, 0.5), (39.999, 0.5), (40, 0.075), (69.999, 0.075), (70, 0.01), (85, 0.001), (89.9, 0.001)],
+)
+def test_slow_start_milestones(epoch, factor):
+    assert slow_start_lr(epoch, 12.8) == pytest.approx(12.8 * factor)
+
+
+def test_slow_start_scales_with_the_number_of_epochs():
+    assert slow_start_lr(19.99, 1.0, epochs=45) == 0.5
+    assert slow_start_lr(20.0, 1.0, epochs=45) == 0.075
+    assert slow_start_lr(42.5, 1.0, epochs=45) == 0.001
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (0, 0.1),
+        (2.5, 0.1 + (3.2 - 0.1) / 2),
+        (5, 3.2),
+        (29.99, 3.2),
+        (30, 0.32),
+        (60, 0.032),
+        (80, 0.0032),
+        (89.99, 0.0032),
+    ],
+)
+def test_goyal_warmup_and_milestones(epoch, expected):
+    assert goyal_lr(epoch, 3.2) == pytest.approx(expected)
+
+
+def test_goyal_has_nothing_to_warm_up_below_batch_256():
+    assert goyal_lr(0, 0.05) == goyal_lr(3, 0.05) == 0.05
+
+
+def test_linear_scaling_rule_gives_12_8_at_32k():
+    config = config_from_mapping(
+        {
+            **MINIMAL,
+            "train": {"batch_per_worker": 32},
+            "launcher": {"nodes": 128, "tasks_per_node": 8},
+        }
+    )
+    assert config.global_batch == 32768
+    assert config.base_lr == pytest.approx(12.8)
+
+
+@pytest.mark.parametrize(
+    ("name", "alpha_at_0"), [("hybrid", 0.5 * math.exp(-4)), ("sgd", 1.0), ("rmsprop", 0.0)]
+)
+def test_optimizer_name_selects_alpha(name, alpha_at_0):
+    config = config_from_mapping({**MINIMAL, "optimizer": {"name": name}, "train": {"epochs": 90}})
+    assert schedule(config)(0.0)[1] == pytest.approx(alpha_at_0)
+
+
+def test_schedule_scales_transition_and_milestones_to_short_runs():
+    config = config_from_mapping({**MINIMAL, "train": {"epochs": 9}, "schedule": {"base_lr": 1}})
+    lr_alpha = schedule(config)
+    assert lr_alpha(1.0)[1] == pytest.approx(0.5)  # center 10 -> 1 epoch
+    assert lr_alpha(1.25)[1] == pytest.approx(1.0)  # 12.5 -> 1.25
+    assert lr_alpha(3.99)[0] == 0.5 and lr_alpha(4.0)[0] == 0.075  # 40 -> 4
+    fixed = config_from_mapping(
+        {**MINIMAL, "train": {"epochs": 9}, "schedule": {"base_lr": 1, "scale_to_epochs": False}}
+    )
+    assert schedule(fixed)(4.0)[0] == 0.5

@@ -1,0 +1,20 @@
+# Training: a local rule that submits through submitit (local processes or Slurm) and waits.
+# Re-running it resumes from the last checkpoint, or re-attaches to a job that still runs.
+
+
+rule train:
+    input:
+        verified=DATA.verified,
+        indexes=[DATA.shard_index(split) for split in SPLITS],
+    output:
+        final=RUN.final,
+        done=RUN.train_done,
+    params:
+        config=CONFIG_FILE,
+        fingerprint=training_fingerprint(CFG),
+    log:
+        LOGS / f"train-{CFG.experiment}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline train --config {params.config} > {log} 2>&1"
