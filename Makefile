@@ -23,8 +23,10 @@ $(STAMP): envs/requirements.txt pyproject.toml
 run: $(STAMP)
 	snakemake
 	@echo
-	@echo "Weights:  results/runs/demo/final.pt (summary: results/runs/demo/train_done.json)"
-	@echo "MLflow:   results/mlflow.db (make ui to browse it)"
+	@echo "Report:   results/runs/demo/report/report.md (metrics.csv, summary.json next to it)"
+	@echo "Plot:     results/runs/demo/report/curves.png"
+	@echo "Weights:  results/runs/demo/final.pt"
+	@echo "MLflow:   results/mlflow.db (browse it with: make ui)"
 	@echo "Logs:     results/logs/"
 
 test: $(STAMP)

@@ -25,9 +25,10 @@ validate(config, "workflow/schemas/config.schema.json", set_default=False)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     default_target: True
     input:
-        final=RUN.final,
+        final_targets(),

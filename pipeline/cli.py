@@ -107,6 +107,30 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.paths import ReportPaths
+    from pipeline.report import run_report
+
+    config = _config(args)
+    summary = run_report(config)
+    print(
+        f"report: {ReportPaths.of(config).root}: final val_top1 "
+        f"{100 * summary['final_val_top1']:.2f} % (best {100 * summary['best_val_top1']:.2f} %)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pipeline.paths import ComparisonPaths
+    from pipeline.report import run_compare
+
+    config = _config(args)
+    run_compare(config)
+    print(f"compare: wrote {ComparisonPaths.of(config).markdown}", file=sys.stderr)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = schema_text()
     if args.write:
@@ -145,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--fresh", action="store_true", help="start over (the old run is kept aside)")
     _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
+    _add_config_args(stage("report", cmd_report, "metrics.csv, curves.png, report.md from MLflow"))
+    _add_config_args(stage("compare", cmd_compare, "summary.md/png over the config's experiments"))
     p = stage("schema", cmd_schema, "print, write or check the JSON schema of the config")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH.name}")

@@ -217,6 +217,11 @@ class Config(_Strict):
     train: TrainConfig = TrainConfig()
     launcher: LauncherConfig = LauncherConfig()
     tracking: TrackingConfig = TrackingConfig()
+    experiments: list[dict[str, Any]] | None = Field(
+        None,
+        description="Several experiments on the same shards (e.g. a batch-size sweep): each "
+        "entry overrides keys of this config and names its own `experiment`.",
+    )
 
     @property
     def global_batch(self) -> int:
@@ -394,3 +399,41 @@ def training_fingerprint(config: Config) -> str:
         },
     }
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+EXPERIMENT_FORBIDDEN = ("data", "results_dir", "experiments")
+
+
+def expand_experiments(config: Config) -> list[Config]:
+    """The experiments a config describes: itself, or one per `experiments` entry (the entry's
+    keys merged over this config). All share the data, so entries may not change it."""
+    if not config.experiments:
+        return [config]
+    base = config.model_dump(mode="json")
+    base.pop("experiments")
+    expanded: dict[str, Config] = {}
+    for i, override in enumerate(config.experiments):
+        where = f"experiments[{i}]"
+        if "experiment" not in override:
+            raise ConfigError(f"{where} needs its own `experiment` name")
+        for key in EXPERIMENT_FORBIDDEN:
+            if key in override:
+                raise ConfigError(
+                    f"{where}.{key}: experiments share the shards and results folder; "
+                    f"set {key} once at the top level"
+                )
+        merged = _deep_merge(json.loads(json.dumps(base)), override)
+        experiment = config_from_mapping(merged, source=f"{where} ({override['experiment']})")
+        if experiment.experiment in expanded:
+            raise ConfigError(f"{where}: experiment name {experiment.experiment!r} is used twice")
+        expanded[experiment.experiment] = experiment
+    return list(expanded.values())
+
+
+def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _deep_merge(base[key], value)
+        else:
+            base[key] = value
+    return base

@@ -82,6 +82,17 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # --------------------------------------------------------------------------------------------
 # What runs inside the job
 
@@ -178,11 +189,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
     @staticmethod
     def _job_tags(env: Any, torch: Any) -> dict[str, str]:
-        device = (
-            torch.cuda.get_device_name(env.device)
-            if env.device.type == "cuda"
-            else platform.processor() or platform.machine()
-        )
+        device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else cpu_name()
         return {
             "world_size": str(env.world_size),
             "host": socket.gethostname(),

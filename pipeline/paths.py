@@ -109,3 +109,49 @@ class RunPaths:
     @property
     def submitit(self) -> Path:
         return self.train_dir / "submitit"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """The report stage's outputs for one experiment: `runs/<experiment>/report/`."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: Config) -> ReportPaths:
+        return cls(RunPaths.of(config).root / "report")
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def markdown(self) -> Path:
+        return self.root / "report.md"
+
+
+@dataclass(frozen=True)
+class ComparisonPaths:
+    """Several experiments side by side: `<results_dir>/summary.{md,png}`."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: Config) -> ComparisonPaths:
+        return cls(config.results_path)
+
+    @property
+    def markdown(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def plot(self) -> Path:
+        return self.root / "summary.png"

@@ -142,8 +142,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def mlflow_server(port: int, folder: Path):
-    """A real `mlflow server` on 127.0.0.1:port with a SQLite store in `folder`."""
+def mlflow_server(port: int, folder: Path, store: Path | None = None):
+    """A real `mlflow server` on 127.0.0.1:port with a SQLite store (new in `folder`)."""
     import urllib.request
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -160,7 +160,7 @@ def mlflow_server(port: int, folder: Path):
             "--workers",
             "1",
             "--backend-store-uri",
-            f"sqlite:///{folder / 'mlflow.db'}",
+            f"sqlite:///{store or folder / 'mlflow.db'}",
             "--artifacts-destination",
             str(folder / "artifacts"),
         ],

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from pipeline.config import Config
 from pipeline.data.loader import (
@@ -215,6 +216,7 @@ class Trainer:
             else contextlib.nullcontext
         )
         self.tracker: Tracker | None = None
+        self.bar: tqdm | None = None
         self.average_micro_bn = t.accumulate > 1 and not config.model.bn_moving_average
         self.steps_run = 0  # by this process (the comm hook's byte count is per process)
         self.last_checkpoint = loaded.path if loaded is not None else None
@@ -314,7 +316,9 @@ class Trainer:
             p.epoch_train_s = p.epoch_wait_s = 0.0
             self.save_checkpoint()
             last_save = time.monotonic()
-            if self.stop.requested and p.epoch < t.epochs:
+            # The signal may have reached some ranks during validation: agree before going on.
+            stop = all_reduce_sum([float(self.stop.requested)], self.env.device)[0] > 0
+            if stop and p.epoch < t.epochs:
                 raise Preempted(f"stopped after epoch {p.epoch}")
         return self.summary()
 
@@ -325,6 +329,12 @@ class Trainer:
         self.sampler.set_epoch(epoch, p.step)
         self.ddp.train()
         batches = iter(self.train_loader)
+        # A bar per epoch on a terminal (the debug executor); plain lines in a job's log file.
+        self.bar = (
+            tqdm(total=steps, initial=p.step, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step")
+            if self.env.is_main and sys.stdout.isatty()
+            else None
+        )
         interval_losses: list[torch.Tensor] = []
         interval = torch.zeros(3, dtype=torch.float64, device=self.env.device)  # loss, correct, n
         wait_s = 0.0
@@ -394,6 +404,8 @@ class Trainer:
                     else:
                         raise Preempted(f"stopped at iteration {p.iteration}")
                 tick = time.monotonic()
+        if self.bar is not None:
+            self.bar.close()
         return last_save
 
     def _raise_nonfinite(self, losses: torch.Tensor, first_iteration: int, epoch: int) -> None:
@@ -423,7 +435,12 @@ class Trainer:
                 "epoch": epoch + p.step / steps,
             }
             self.tracker.log("iteration", p.iteration, metrics)
-        if self.env.is_main:
+        if self.bar is not None:
+            self.bar.set_postfix_str(
+                f"loss {loss:.4f} lr {lr:.4g} alpha {alpha:.3f} {images_per_s:.0f} img/s"
+            )
+            self.bar.update(p.step - self.bar.n)
+        elif self.env.is_main:
             remaining = (self.config.train.epochs - epoch) * steps - p.step
             eta = remaining * self.sampler.global_batch / max(images_per_s, 1e-9)
             _say(

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +199,51 @@ def test_a_failing_job_exits_non_zero_with_the_tail_of_its_log(demo_shards, tmp_
     assert result.returncode == 2
     assert "ended as" in result.stderr and "last lines of" in result.stderr
     assert "NaN/Inf at iteration 3" in result.stderr
+
+
+def _children(pid):
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def test_the_requeue_signal_checkpoints_requeues_and_resumes(finished, demo_shards, tmp_path):
+    """SIGUSR2 to every task, as Slurm sends on preemption (and submitit before a time
+    limit): the tasks agree on a step, checkpoint, submitit requeues, the new tasks resume."""
+    reference, _ = finished
+    path = demo_config(tmp_path, demo_shards)
+    config = load_config(path)
+    run = RunPaths.of(config)
+    with open(tmp_path / "train.out", "w") as out, open(tmp_path / "train.err", "w") as err:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pipeline", "train", "--config", str(path)],
+            cwd=PROJECT,
+            stdout=out,
+            stderr=err,
+        )
+        deadline = time.monotonic() + 300
+        while not (run.job.is_file() and list(run.checkpoints.glob("ckpt-e0000-s*.pt"))):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        controller = int(json.loads(run.job.read_text())["job_id"])
+        tasks = _children(controller)
+        assert len(tasks) == 2
+        for pid in tasks:
+            os.kill(pid, signal.SIGUSR2)
+        assert process.wait(timeout=300) == 0
+    stdout = (tmp_path / "train.out").read_text()
+    stderr = (tmp_path / "train.err").read_text()
+    assert "received SIGUSR2: checkpointing at the next step" in stderr
+    assert "Requeued job" in stdout + stderr and "resuming from" in stdout
+    a = torch.load(RunPaths.of(reference).final, weights_only=True)["model"]
+    b = torch.load(run.final, weights_only=True)["model"]
+    assert states_equal(a, b)
+    client = MlflowClient(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    assert len(client.search_runs([experiment.experiment_id])) == 1

@@ -3,27 +3,52 @@
 
 import hashlib
 import json
+import re
+from pathlib import Path
 
-from pipeline.config import config_from_mapping, training_fingerprint, write_resolved
-from pipeline.paths import SHARD_STEM, SPLITS, DataPaths, RunPaths, resolved_config_path
+from pipeline.config import (
+    config_from_mapping,
+    expand_experiments,
+    training_fingerprint,
+    write_resolved,
+)
+from pipeline.paths import (
+    SHARD_STEM,
+    SPLITS,
+    ComparisonPaths,
+    DataPaths,
+    ReportPaths,
+    RunPaths,
+    resolved_config_path,
+)
 
 CFG = config_from_mapping(config)
 DATA = DataPaths.of(CFG)
-RUN = RunPaths.of(CFG)
 LOGS = CFG.results_path / "logs"
 CONDA_ENV = "../../envs/pipeline.yaml"
+# The fully resolved configs (defaults and --config overrides included) the stages read: the
+# base one for the data rules, one per experiment for training and reports.
+CONFIG_FILE = str(write_resolved(CFG, resolved_config_path(CFG)))
+EXPERIMENTS = {c.experiment: c for c in expand_experiments(CFG)}
+EXPERIMENT_FILES = {
+    name: str(write_resolved(c, resolved_config_path(c))) for name, c in EXPERIMENTS.items()
+}
+# Run and report paths with `{experiment}` left as a wildcard.
+RUN = RunPaths(CFG.results_path / "runs" / "{experiment}")
+REPORT = ReportPaths(RUN.root / "report")
+COMPARISON = ComparisonPaths.of(CFG)
+
+
 # Training submits through submitit and waits: it runs where Snakemake runs, not as a job.
 localrules:
     train,
 
 
-# The fully resolved config (defaults and --config overrides included) the stages read.
-CONFIG_FILE = str(write_resolved(CFG, resolved_config_path(CFG)))
-
 wildcard_constraints:
     split="|".join(SPLITS),
     index=r"\d{5}",
     total=r"\d{5}",
+    experiment="|".join(re.escape(name) for name in EXPERIMENTS),
 
 
 def fingerprint(*keys):
@@ -62,3 +87,23 @@ def all_shard_files(suffix):
 def demo_input(wildcards):
     """The demo tree is built by a rule; a real dataset is outside the workflow."""
     return [str(DATA.demo_done)] if CFG.data.demo is not None else []
+
+
+def experiment_config(wildcards):
+    return EXPERIMENT_FILES[wildcards.experiment]
+
+
+def experiment_fingerprint(wildcards):
+    return training_fingerprint(EXPERIMENTS[wildcards.experiment])
+
+
+def per_experiment(pattern):
+    return [str(pattern).format(experiment=name) for name in EXPERIMENTS]
+
+
+def final_targets():
+    """Every experiment's report, and the comparison when there are several."""
+    targets = per_experiment(REPORT.markdown)
+    if len(EXPERIMENTS) > 1:
+        targets += [str(COMPARISON.markdown), str(COMPARISON.plot)]
+    return targets

@@ -10,10 +10,13 @@ rule train:
         final=RUN.final,
         done=RUN.train_done,
     params:
-        config=CONFIG_FILE,
-        fingerprint=training_fingerprint(CFG),
+        config=experiment_config,
+        fingerprint=experiment_fingerprint,
+    resources:
+        # profiles/default allows one at a time: local training uses every core.
+        train_slots=1,
     log:
-        LOGS / f"train-{CFG.experiment}.log",
+        LOGS / "train" / "{experiment}.log",
     conda:
         CONDA_ENV
     shell:

@@ -1,0 +1,171 @@
+"""The whole DAG as a user runs it: snakemake on imagenette-ci, a small model for 2 epochs,
+then the report, `snakemake --report`, re-runs after config changes, an MLflow server, and a
+config with two experiments."""
+
+import csv
+import json
+import re
+import subprocess
+import urllib.parse
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import (
+    PROJECT,
+    free_port,
+    mlflow_server,
+    planned_rules,
+    snakemake_bin,
+    venv_env,
+    write_config,
+)
+from pipeline.config import expand_experiments, load_config
+from pipeline.paths import ComparisonPaths, ReportPaths, RunPaths
+
+pytestmark = pytest.mark.slow
+SMALL_RUN = {
+    "data": {"image_size": 32, "val_resize": 36, "loader_workers": 0},
+    "model": {"arch": "resnet18"},
+    "train": {"epochs": 2, "batch_per_worker": 32, "deterministic": True, "log_every": 2},
+    "launcher": {"cluster": "local", "tasks_per_node": 1, "cpus_per_task": 2, "poll_s": 1},
+    "schedule": {"base_lr": 0.1},
+}
+
+
+def snakemake(workdir, *args, check=True):
+    result = subprocess.run(
+        [snakemake_bin(), "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), *args],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=1200,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory, imagenette_ci):
+    tmp = tmp_path_factory.mktemp("workflow")
+    path = write_config(tmp, imagenette_ci, experiment="small", **SMALL_RUN)
+    result = snakemake(tmp, "--cores", "2", "--configfile", str(path))
+    return tmp, path, load_config(path), result
+
+
+def test_every_artifact_exists_and_agrees_with_mlflow(workflow):
+    _, _, config, _ = workflow
+    report = ReportPaths.of(config)
+    with open(report.metrics_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]  # one row per epoch
+    summary = json.loads(report.summary.read_text())
+    client = MlflowClient(config.tracking_uri)
+    history = client.get_metric_history(summary["mlflow_run_id"], "val_top1")
+    last = max(history, key=lambda m: m.step)
+    assert summary["final_val_top1"] == last.value
+    assert float(rows[-1]["val_top1"]) == last.value
+    assert summary["epochs"] == 2 and summary["global_batch"] == 32 and summary["world_size"] == 1
+    assert summary["git_commit"] != "unknown" and "x 1" in summary["hardware"]
+    assert report.curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = report.markdown.read_text()
+    assert (
+        "| Akiba et al. (the paper) | Tesla P100 x 1,024 | Chainer | 32,768 | 15 min | 74.9 % |"
+        in markdown
+    )
+    assert "this pipeline: `small`" in markdown and "```yaml" in markdown
+    artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "report")}
+    assert artifacts == {
+        f"report/{n}" for n in ("metrics.csv", "curves.png", "summary.json", "report.md")
+    }
+    assert (RunPaths.of(config).root.parent.parent / "logs" / "report" / "small.log").is_file()
+
+
+def test_snakemake_report_html(workflow):
+    tmp, path, _, _ = workflow
+    html = tmp / "report.html"
+    snakemake(tmp, "--configfile", str(path), "--report", str(html))
+    text = html.read_text(errors="replace")
+    assert "curves.png" in text and "metrics.csv" in text
+
+
+def test_a_training_change_reruns_train_and_report_only(workflow):
+    tmp, path, _, _ = workflow
+    plan = snakemake(tmp, "-n", "--configfile", str(path), "--config", "train={epochs: 3}").stdout
+    assert planned_rules(plan) == {"train", "report", "all"}, plan
+    assert "Params have changed since last execution" in plan
+
+
+def test_a_data_change_reruns_the_shards_and_everything_after(workflow):
+    tmp, path, _, _ = workflow
+    plan = snakemake(
+        tmp, "-n", "--configfile", str(path), "--config", "data={jpeg_quality: 70}"
+    ).stdout
+    assert planned_rules(plan) == {"shard", "shard_index", "verify", "train", "report", "all"}
+    assert "index" not in planned_rules(plan)
+
+
+def test_nothing_to_do_when_nothing_changed(workflow):
+    tmp, path, _, _ = workflow
+    assert "Nothing to be done" in snakemake(tmp, "-n", "--configfile", str(path)).stdout
+
+
+def test_an_mlflow_server_returns_the_run_over_rest(workflow, tmp_path):
+    _, _, config, _ = workflow
+    summary = json.loads(ReportPaths.of(config).summary.read_text())
+    run_id = summary["mlflow_run_id"]
+    store = config.results_path / "mlflow.db"
+    port = free_port()
+    with mlflow_server(port, tmp_path / "server", store=store) as uri:
+        query = urllib.parse.urlencode({"run_id": run_id})
+        with urllib.request.urlopen(f"{uri}/api/2.0/mlflow/runs/get?{query}", timeout=30) as r:
+            run = json.load(r)["run"]
+        assert run["info"]["run_id"] == run_id
+        assert run["info"]["run_name"].startswith("small-")
+        metrics = {m["key"]: m for m in run["data"]["metrics"]}
+        assert metrics["val_top1"]["value"] == summary["final_val_top1"]
+        query = urllib.parse.urlencode({"run_id": run_id, "metric_key": "val_top1"})
+        url = f"{uri}/api/2.0/mlflow/metrics/get-history?{query}"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            steps = sorted(m["step"] for m in json.load(r)["metrics"])
+        assert steps == [0, 1]
+
+
+def test_two_experiments_share_the_shards_and_are_compared(workflow):
+    tmp, _, config, _ = workflow
+    sweep = write_config(
+        tmp,
+        config.data.root_path,
+        experiment="small",
+        **SMALL_RUN,
+        experiments=[
+            {"experiment": "sgd-1ep", "optimizer": {"name": "sgd"}, "train": {"epochs": 1}},
+            {"experiment": "hybrid-1ep", "train": {"epochs": 1, "accumulate": 2}},
+        ],
+    )
+    plan = snakemake(tmp, "-n", "--configfile", str(sweep)).stdout
+    assert planned_rules(plan) == {"train", "report", "compare", "all"}  # shards reused
+    snakemake(tmp, "--cores", "2", "--configfile", str(sweep))
+    experiments = expand_experiments(load_config(sweep))
+    assert [e.global_batch for e in experiments] == [32, 64]
+    comparison = ComparisonPaths.of(experiments[0])
+    table = comparison.markdown.read_text()
+    assert re.search(r"\| sgd-1ep \| sgd \| slow_start \| 32 \| 1 \|", table)
+    assert re.search(r"\| hybrid-1ep \| hybrid \| slow_start \| 64 \| 1 \|", table)
+    assert comparison.plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_slurm_profile_passes_a_dry_run(workflow):
+    tmp, path, _, _ = workflow
+    result = snakemake(
+        tmp,
+        "-n",
+        "-F",
+        "--workflow-profile",
+        str(PROJECT / "profiles" / "slurm"),
+        "--configfile",
+        str(path),
+    )
+    assert planned_rules(result.stdout) >= {"index", "shard", "verify", "train", "report"}

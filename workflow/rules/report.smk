@@ -1,0 +1,45 @@
+# Evaluation artifacts read back from MLflow, per experiment and across experiments.
+
+
+rule report:
+    input:
+        done=RUN.train_done,
+    output:
+        metrics=report(
+            REPORT.metrics_csv,
+            caption="../report/metrics.rst",
+            category="Experiments",
+            subcategory="{experiment}",
+        ),
+        curves=report(
+            REPORT.curves,
+            caption="../report/curves.rst",
+            category="Experiments",
+            subcategory="{experiment}",
+        ),
+        summary=REPORT.summary,
+        markdown=REPORT.markdown,
+    params:
+        config=experiment_config,
+    log:
+        LOGS / "report" / "{experiment}.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline report --config {params.config} > {log} 2>&1"
+
+
+rule compare:
+    input:
+        summaries=per_experiment(REPORT.summary),
+    output:
+        markdown=COMPARISON.markdown,
+        plot=report(COMPARISON.plot, caption="../report/summary.rst", category="Comparison"),
+    params:
+        config=CONFIG_FILE,
+    log:
+        LOGS / "compare.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m pipeline compare --config {params.config} > {log} 2>&1"
