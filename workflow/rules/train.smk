@@ -15,6 +15,9 @@ rule train:
     resources:
         # profiles/default allows one at a time: local training uses every core.
         train_slots=1,
+    # Never re-run on failure: a cancelled job is a decision, a NaN would recur, and requeues
+    # after preemption are handled inside the job by submitit.
+    retries: 0
     log:
         LOGS / "train" / "{experiment}.log",
     conda:
