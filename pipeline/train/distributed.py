@@ -120,21 +120,26 @@ def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would 
 
 def wrap_ddp(
     model: nn.Module, env: DistEnv, allreduce_dtype: str
-) -> tuple[DistributedDataParallel, AllReduceState]:
+) -> tuple[nn.Module, AllReduceState]:
     """DDP that leaves every rank's BatchNorm buffers alone during training.
 
     DDP's default re-broadcasts rank 0's buffers at each forward; a forward between the last
     training step and `average_bn_stats` would then silently turn "the average over workers"
     into "rank 0's last batch". `forward_sync_buffers=False` (torch >= 2.13's name for the old
     `broadcast_buffers=False`) turns that off; buffers are still synced once at construction,
-    which only makes the starting state identical on every rank."""
+    which only makes the starting state identical on every rank.
+
+    With a single process there is nothing to communicate: the model is returned unwrapped,
+    without DDP's gradient bucketing and hook calls."""
+    state = AllReduceState(process_group=None, dtype=ALLREDUCE_DTYPES[allreduce_dtype])
+    if env.world_size == 1:
+        return model, state
     ddp = DistributedDataParallel(
         model,
         device_ids=[env.local_rank] if env.device.type == "cuda" else None,
         forward_sync_buffers=False,
         gradient_as_bucket_view=True,
     )
-    state = AllReduceState(process_group=None, dtype=ALLREDUCE_DTYPES[allreduce_dtype])
     ddp.register_comm_hook(state, allreduce_hook)
     return ddp, state
 

@@ -12,19 +12,16 @@ all-reduce carries the loss sums, the NaN check, rank 0's "checkpoint now" and a
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from pipeline.config import Config
@@ -52,6 +49,7 @@ from pipeline.train.distributed import (
 from pipeline.train.model import build_model, param_groups, to_device
 from pipeline.train.optim import HybridRMSpropSGD
 from pipeline.train.schedules import PAPER_EPOCHS, alpha_sgd, goyal_lr, slow_start_lr
+from pipeline.train.step import TrainStep
 
 
 class NonFiniteLoss(PipelineError, RuntimeError):
@@ -83,26 +81,37 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def schedule(config: Config) -> Callable[[float], tuple[float, float]]:
-    """(eta_SGD, alpha_SGD) as functions of the fractional epoch."""
-    epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
-    scale = epochs / PAPER_EPOCHS
-    base = config.base_lr
-    s = config.schedule
+class Schedule:
+    """(eta_SGD, alpha_SGD) as functions of the fractional epoch, for the configured recipe."""
 
-    def lr(e: float) -> float:
-        if s.name == "goyal":
-            return goyal_lr(e, base, epochs, warmup_epochs=s.warmup_epochs)
-        return slow_start_lr(e, base, epochs)
+    def __init__(self, config: Config) -> None:
+        epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
+        scale = epochs / PAPER_EPOCHS
+        self.epochs = epochs
+        self.base_lr = config.base_lr
+        self.recipe = config.schedule
+        self.optimizer = config.optimizer.name
+        self.center = config.schedule.center * scale
+        self.period = config.schedule.period * scale
 
-    def alpha(e: float) -> float:
-        if config.optimizer.name == "sgd":
-            return 1.0
-        if config.optimizer.name == "rmsprop":
-            return 0.0
-        return alpha_sgd(e, s.center * scale, s.period * scale)
+    def __call__(self, epoch: float) -> tuple[float, float]:
+        if self.recipe.name == "goyal":
+            lr = goyal_lr(epoch, self.base_lr, self.epochs, warmup_epochs=self.recipe.warmup_epochs)
+        else:
+            lr = slow_start_lr(epoch, self.base_lr, self.epochs)
+        if self.optimizer == "sgd":
+            return lr, 1.0
+        if self.optimizer == "rmsprop":
+            return lr, 0.0
+        return lr, alpha_sgd(epoch, self.center, self.period)
 
-    return lambda e: (lr(e), alpha(e))
+    def sgd_from(self, epoch: float) -> bool:
+        """True when alpha_SGD is 1 from `epoch` to the end (it never decreases)."""
+        if self.optimizer == "sgd":
+            return True
+        if self.optimizer == "rmsprop":
+            return False
+        return epoch >= self.center + self.period / 2
 
 
 def configure_determinism(deterministic: bool) -> None:
@@ -112,26 +121,6 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-
-
-class MicroBatchBNMean:
-    """With gradient accumulation, make the BN buffers the mean over the step's micro-batches
-    (momentum 1.0 would keep only the last one), so `accumulate` micro-batches on one worker
-    leave the same statistics as that many workers with one micro-batch each."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.buffers = bn_buffers(model)
-        self.sums = [torch.zeros_like(b, dtype=torch.float32) for b in self.buffers]
-        self.count = 0
-
-    def add(self) -> None:
-        for total, buffer in zip(self.sums, self.buffers, strict=True):
-            total.add_(buffer)
-        self.count += 1
-
-    def finish(self) -> None:
-        for total, buffer in zip(self.sums, self.buffers, strict=True):
-            buffer.copy_(total / self.count)
 
 
 def _say(text: str) -> None:
@@ -209,15 +198,19 @@ class Trainer:
         eval_sampler = EvalBatchSampler(len(self.val_set), t.val_batch, env.world_size, env.rank)
         self.val_loader = make_loader(self.val_set, eval_sampler, workers, pin_memory=cuda)
         self.normalize = Normalizer(env.device, t.channels_last)
-        self.schedule = schedule(config)
-        self.autocast = (
-            (lambda: torch.autocast(env.device.type, dtype=torch.bfloat16))
-            if t.precision == "bf16"
-            else contextlib.nullcontext
+        self.schedule = Schedule(config)
+        self.step = TrainStep(
+            self.model,
+            self.ddp,
+            self.optimizer,
+            self.normalize,
+            env.device,
+            t.accumulate,
+            bf16=t.precision == "bf16",
+            average_micro_bn=not config.model.bn_moving_average,
         )
         self.tracker: Tracker | None = None
         self.bar: tqdm | None = None
-        self.average_micro_bn = t.accumulate > 1 and not config.model.bn_moving_average
         self.steps_run = 0  # by this process (the comm hook's byte count is per process)
         self.last_checkpoint = loaded.path if loaded is not None else None
 
@@ -327,7 +320,7 @@ class Trainer:
         p = self.progress
         steps = self.sampler.steps_per_epoch
         self.sampler.set_epoch(epoch, p.step)
-        self.ddp.train()
+        self.model.train()
         batches = iter(self.train_loader)
         # A bar per epoch on a terminal (the debug executor); plain lines in a job's log file.
         self.bar = (
@@ -337,42 +330,29 @@ class Trainer:
         )
         interval_losses: list[torch.Tensor] = []
         interval = torch.zeros(3, dtype=torch.float64, device=self.env.device)  # loss, correct, n
-        wait_s = 0.0
         tick = time.monotonic()
+        waits = [0.0]
+
+        def next_batch() -> tuple[torch.Tensor, torch.Tensor]:
+            waited = time.monotonic()
+            batch = next(batches)
+            waits[0] += time.monotonic() - waited
+            return batch
+
         for step in range(p.step, steps):
-            lr, alpha = self.schedule(epoch + step / steps)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-                group["alpha_sgd"] = alpha
-            last_step = step == steps - 1
-            bn_mean = MicroBatchBNMean(self.model) if last_step and self.average_micro_bn else None
-            step_loss = torch.zeros((), device=self.env.device)
-            for micro in range(t.accumulate):
-                waited = time.monotonic()
-                images, labels = next(batches)
-                wait_s += time.monotonic() - waited
-                x = self.normalize(images)
-                y = labels.to(self.env.device, non_blocking=True)
-                sync = micro == t.accumulate - 1  # all-reduce only after the last micro-batch
-                with contextlib.nullcontext() if sync else self.ddp.no_sync(), self.autocast():
-                    logits = self.ddp(x)
-                    loss = F.cross_entropy(logits.float(), y)
-                if t.fail_at_iteration == p.iteration:  # testing aid, see TrainConfig
-                    loss = loss * float("nan")
-                # Mean over the whole minibatch: DDP averages over workers, this over micro-batches.
-                (loss / t.accumulate).backward()
-                if bn_mean is not None:
-                    bn_mean.add()
-                step_loss += loss.detach()
-                interval[0] += loss.detach() * y.numel()
-                interval[1] += (logits.detach().argmax(1) == y).sum()
-                interval[2] += y.numel()
-            if bn_mean is not None:
-                bn_mean.finish()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            e = epoch + step / steps
+            lr, alpha = self.schedule(e)
+            step_loss = self.step(
+                next_batch,
+                lr,
+                alpha,
+                self.schedule.sgd_from(e),
+                interval,
+                average_bn=step == steps - 1,
+                poison=t.fail_at_iteration == p.iteration,
+            )
             self.steps_run += 1
-            interval_losses.append(step_loss / t.accumulate)
+            interval_losses.append(step_loss)
             p.iteration += 1
             p.step = step + 1
 
@@ -388,13 +368,13 @@ class Trainer:
                     self._raise_nonfinite(losses, p.iteration - len(interval_losses), epoch)
                 elapsed = now - tick
                 p.epoch_train_s += elapsed
-                p.epoch_wait_s += wait_s
+                p.epoch_wait_s += waits[0]
                 for i, value in enumerate((loss_sum, correct, images)):
                     p.epoch_sums[i] += value
                 self._report_interval(epoch, steps, lr, alpha, loss_sum / images, images / elapsed)
                 interval_losses.clear()
                 interval.zero_()
-                wait_s = 0.0
+                waits[0] = 0.0
                 if (save_now or stop_now) and p.step < steps:
                     self.save_checkpoint()
                     last_save = time.monotonic()
@@ -459,7 +439,7 @@ class Trainer:
         for images, labels in self.val_loader:
             x = self.normalize(images)
             y = labels.to(self.env.device, non_blocking=True)
-            with self.autocast():
+            with self.step._autocast():
                 logits = model(x).float()
             hits = logits.topk(k, dim=1).indices.eq(y[:, None])
             sums[0] += F.cross_entropy(logits, y, reduction="sum")

@@ -52,6 +52,7 @@ def tiny_model():
 class _Env:  # what wrap_ddp needs to know about the process
     def __init__(self, rank):
         self.rank, self.local_rank, self.device = rank, rank, torch.device("cpu")
+        self.world_size = WORLD
 
 
 def _bn_after_training(rank, wrapper):

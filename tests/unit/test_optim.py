@@ -137,3 +137,19 @@ def test_bad_arguments():
         HybridRMSpropSGD([torch.nn.Parameter(torch.ones(1))], lr=0.1, alpha_sgd=1.5)
     with pytest.raises(ValueError, match="lr must be positive"):
         HybridRMSpropSGD([torch.nn.Parameter(torch.ones(1))], lr=0, alpha_sgd=0.5)
+
+
+@pytest.mark.parametrize("foreach", [False, True])
+def test_skipping_m_once_sgd_for_good_changes_nothing_but_m(foreach):
+    torch.manual_seed(0)
+    a, b = (torch.nn.Parameter(torch.ones(20)) for _ in range(2))
+    opt_a = HybridRMSpropSGD([a], lr=0.1, alpha_sgd=1.0, weight_decay=1e-4, foreach=foreach)
+    opt_b = HybridRMSpropSGD([b], lr=0.1, alpha_sgd=1.0, weight_decay=1e-4, foreach=foreach)
+    opt_b.param_groups[0]["track_square_avg"] = False
+    for _ in range(30):
+        g = torch.randn(20)
+        a.grad, b.grad = g.clone(), g.clone()
+        opt_a.step()
+        opt_b.step()
+    assert torch.equal(a, b)
+    assert torch.all(opt_b.state[b]["square_avg"] == 0) and torch.any(opt_a.state[a]["square_avg"])

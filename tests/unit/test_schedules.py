@@ -4,7 +4,7 @@ import math
 import pytest
 
 from pipeline.config import config_from_mapping
-from pipeline.train.loop import schedule
+from pipeline.train.loop import Schedule
 from pipeline.train.schedules import alpha_sgd, goyal_lr, slow_start_lr
 
 MINIMAL = {"experiment": "x", "data": {"name": "d", "root": "/data"}}
@@ -86,16 +86,17 @@ def test_linear_scaling_rule_gives_12_8_at_32k():
 )
 def test_optimizer_name_selects_alpha(name, alpha_at_0):
     config = config_from_mapping({**MINIMAL, "optimizer": {"name": name}, "train": {"epochs": 90}})
-    assert schedule(config)(0.0)[1] == pytest.approx(alpha_at_0)
+    assert Schedule(config)(0.0)[1] == pytest.approx(alpha_at_0)
 
 
 def test_schedule_scales_transition_and_milestones_to_short_runs():
     config = config_from_mapping({**MINIMAL, "train": {"epochs": 9}, "schedule": {"base_lr": 1}})
-    lr_alpha = schedule(config)
+    lr_alpha = Schedule(config)
     assert lr_alpha(1.0)[1] == pytest.approx(0.5)  # center 10 -> 1 epoch
     assert lr_alpha(1.25)[1] == pytest.approx(1.0)  # 12.5 -> 1.25
     assert lr_alpha(3.99)[0] == 0.5 and lr_alpha(4.0)[0] == 0.075  # 40 -> 4
     fixed = config_from_mapping(
         {**MINIMAL, "train": {"epochs": 9}, "schedule": {"base_lr": 1, "scale_to_epochs": False}}
     )
-    assert schedule(fixed)(4.0)[0] == 0.5
+    assert Schedule(fixed)(4.0)[0] == 0.5
+    assert not lr_alpha.sgd_from(1.24) and lr_alpha.sgd_from(1.25)

@@ -1,0 +1,114 @@
+"""One training step: `accumulate` micro-batches forward and backward, the gradient all-reduce
+(DDP's communication hook, after the last micro-batch only), and the optimizer update.
+
+Kept apart from the loop so that the benchmark times exactly what training runs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.train.distributed import bn_buffers
+from pipeline.train.optim import HybridRMSpropSGD
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class MicroBatchBNMean:
+    """With gradient accumulation, make the BN buffers the mean over the step's micro-batches
+    (momentum 1.0 would keep only the last one), so `accumulate` micro-batches on one worker
+    leave the same statistics as that many workers with one micro-batch each."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.buffers = bn_buffers(model)
+        self.sums = [torch.zeros_like(b, dtype=torch.float32) for b in self.buffers]
+        self.count = 0
+
+    def add(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers, strict=True):
+            total.add_(buffer)
+        self.count += 1
+
+    def finish(self) -> None:
+        for total, buffer in zip(self.sums, self.buffers, strict=True):
+            buffer.copy_(total / self.count)
+
+
+class TrainStep:
+    def __init__(
+        self,
+        model: nn.Module,
+        wrapped: nn.Module,
+        optimizer: HybridRMSpropSGD,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        device: torch.device,
+        accumulate: int = 1,
+        bf16: bool = False,
+        average_micro_bn: bool = False,
+    ) -> None:
+        self.model = model  # the network itself
+        self.wrapped = wrapped  # DDP around it, or the network itself with one process
+        self.optimizer = optimizer
+        self.normalize = normalize
+        self.device = device
+        self.accumulate = accumulate
+        self.bf16 = bf16
+        self.average_micro_bn = average_micro_bn and accumulate > 1
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        if isinstance(self.wrapped, DistributedDataParallel):
+            return self.wrapped.no_sync()
+        return contextlib.nullcontext()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(
+        self,
+        next_batch: Callable[[], Batch],
+        lr: float,
+        alpha_sgd: float,
+        sgd_from_now_on: bool,
+        sums: torch.Tensor,
+        average_bn: bool = False,
+        poison: bool = False,
+    ) -> torch.Tensor:
+        """Run one step; add (loss x n, correct, n) into `sums`; return the mean loss (a device
+        tensor: reading it would synchronise with the device, so the caller does it rarely)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+            group["alpha_sgd"] = alpha_sgd
+            # m matters only through alpha_RMSprop, which is 0 from here on: skip its update.
+            group["track_square_avg"] = not sgd_from_now_on
+        bn_mean = MicroBatchBNMean(self.model) if average_bn and self.average_micro_bn else None
+        step_loss = torch.zeros((), device=self.device)
+        for micro in range(self.accumulate):
+            images, labels = next_batch()
+            x = self.normalize(images)
+            y = labels.to(self.device, non_blocking=True)
+            last = micro == self.accumulate - 1  # all-reduce only after the last micro-batch
+            with contextlib.nullcontext() if last else self._no_sync(), self._autocast():
+                logits = self.wrapped(x)
+                loss = F.cross_entropy(logits.float(), y)
+            if poison:  # testing aid: TrainConfig.fail_at_iteration
+                loss = loss * float("nan")
+            # Mean over the whole minibatch: DDP averages over workers, this over micro-batches.
+            (loss / self.accumulate).backward()
+            if bn_mean is not None:
+                bn_mean.add()
+            step_loss += loss.detach()
+            sums[0] += loss.detach() * y.numel()
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += y.numel()
+        if bn_mean is not None:
+            bn_mean.finish()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return step_loss / self.accumulate
