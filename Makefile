@@ -32,8 +32,14 @@ run: $(STAMP)
 test: $(STAMP)
 	python -m pytest
 
+# Side by side, each printing a table and writing results/bench/<name>.json (see
+# docs/performance.md). benchmarks/gpu.sh runs on a GPU machine instead.
 bench: $(STAMP)
-	python benchmarks/loader.py
+	python benchmarks/loader.py --varied
+	python benchmarks/preprocess.py
+	python benchmarks/trainer_step.py
+	python benchmarks/allreduce.py
+	python -m pipeline plan --check-paper | tee results/bench/plan.txt
 
 lint: $(STAMP)
 	ruff check .

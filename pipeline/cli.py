@@ -131,6 +131,62 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from pipeline import plan
+
+    if args.images_per_s is None:
+        images_per_s, source = plan.GPUS[args.gpu]
+    else:
+        images_per_s, source = args.images_per_s, "given (--images-per-s)"
+    parameters, parameter_source = args.parameters, "given (--parameters)"
+    if parameters is None:
+        import torchvision
+
+        model = torchvision.models.get_model(args.arch)
+        parameters = sum(p.numel() for p in model.parameters())
+        parameter_source = f"torchvision {args.arch}"
+    network, network_source = plan.NETWORKS[args.network]
+    node, node_source = plan.NODE_LINKS[args.node_link]
+    inputs = plan.Inputs(
+        gpus=args.gpus,
+        batch_per_gpu=args.batch,
+        images_per_s_per_gpu=images_per_s,
+        parameters=parameters,
+        allreduce_dtype=args.dtype,
+        gpus_per_node=args.gpus_per_node,
+        network_bytes_per_s=network,
+        nics_per_node=args.nics,
+        node_bytes_per_s=node,
+        latency_s=args.latency_us * 1e-6,
+        overlap=args.overlap,
+        bandwidth_efficiency=args.bandwidth_efficiency,
+        epochs=args.epochs,
+        images=args.images,
+    )
+    print(plan.describe(inputs, plan.predict(inputs)))
+    print("Sources:")
+    print(f"  per-GPU throughput {images_per_s:g} img/s: {source}")
+    print(f"  {parameters:,} parameters: {parameter_source}")
+    print(f"  network {args.network}: {network_source}")
+    print(f"  inside a node {args.node_link}: {node_source}")
+    if args.check_paper:
+        check = plan.check_against_paper()
+        print("Check against the paper (1,024 P100 PCIe, 32 images each, FDR InfiniBand, fp16):")
+        print(
+            f"  at rated link speed: {check['rated_time_s']:.0f} s, "
+            f"{100 * check['rated_efficiency']:.0f} % efficiency (an optimistic bound)"
+        )
+        print(
+            f"  the paper: about {check['paper_time_s']:.0f} s, "
+            f"about {100 * check['paper_efficiency']:.0f} %"
+        )
+        print(
+            f"  the paper's time needs {100 * check['bandwidth_efficiency_matching_paper']:.0f}"
+            f" % of rated bandwidth, which gives {100 * check['matched_efficiency']:.0f} %"
+        )
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     text = schema_text()
     if args.write:
@@ -171,6 +227,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
     _add_config_args(stage("report", cmd_report, "metrics.csv, curves.png, report.md from MLflow"))
     _add_config_args(stage("compare", cmd_compare, "summary.md/png over the config's experiments"))
+    p = sub.add_parser("plan", help="predict time per iteration and time to train on N GPUs")
+    p.set_defaults(func=cmd_plan)
+    p.add_argument("--gpus", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=32, help="images per GPU per iteration")
+    p.add_argument("--gpu", choices=["p100-pcie", "a100"], default="p100-pcie")
+    p.add_argument("--images-per-s", type=float, help="measured per-GPU throughput instead")
+    p.add_argument("--arch", default="resnet50", help="torchvision model for the parameter count")
+    p.add_argument("--parameters", type=int, help="parameter count instead of --arch")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp16")
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--network", choices=["fdr-ib", "edr-ib", "hdr-ib", "100gbe"], default="fdr-ib")
+    p.add_argument("--nics", type=int, default=1, help="network adapters per node")
+    p.add_argument("--node-link", choices=["pcie3", "nvlink3"], default="pcie3")
+    p.add_argument("--latency-us", type=float, default=5.0, help="per ring step")
+    p.add_argument("--overlap", type=float, default=0.0, help="share of backward hiding comms")
+    p.add_argument("--bandwidth-efficiency", type=float, default=1.0)
+    p.add_argument("--epochs", type=int, default=90)
+    p.add_argument("--images", type=int, default=1_281_167, help="training images")
+    p.add_argument("--check-paper", action="store_true", help="compare with the paper's run")
     p = stage("schema", cmd_schema, "print, write or check the JSON schema of the config")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH.name}")

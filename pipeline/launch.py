@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -32,6 +31,7 @@ import submitit
 from pipeline import atomic
 from pipeline.config import Config, training_fingerprint
 from pipeline.errors import PipelineError
+from pipeline.hardware import cpu_name
 from pipeline.paths import SPLITS, DataPaths, RunPaths
 from pipeline.train import checkpoint
 
@@ -80,17 +80,6 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what the platform module knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # --------------------------------------------------------------------------------------------

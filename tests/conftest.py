@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from pipeline.train.distributed import free_port  # noqa: F401 - tests import it from here
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Real ImageNet-derived images; never copied into the project (see ../shared/data/README.md).
@@ -133,12 +134,6 @@ def build_shards(config_path: Path):
 def planned_rules(dry_run_output: str) -> set[str]:
     """The rules a `snakemake -n` run would execute."""
     return set(re.findall(r"^(?:local)?rule (\w+):$", dry_run_output, flags=re.MULTILINE))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager

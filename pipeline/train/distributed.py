@@ -28,7 +28,8 @@ class DistEnv:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -54,7 +55,7 @@ def init_distributed(use_gpu: bool, timeout_min: float = 30.0) -> DistEnv:
                 WORLD_SIZE="1",
                 LOCAL_RANK="0",
                 MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(_free_port()),
+                MASTER_PORT=str(free_port()),
             )
     rank = int(os.environ["RANK"])
     world_size = int(os.environ["WORLD_SIZE"])

@@ -1,0 +1,168 @@
+"""Preprocessing: index + shard throughput against the one-core ceiling, and its scaling.
+
+* Ceiling: what the shard stage must do per image, read the file and `prepare_image` it (a full
+  decode to validate it; a re-encode only when needed), in a tight loop on one core. For
+  reference also a forced decode + re-encode of every image.
+* The stages in one process (`index`, then every shard one after another) and with 2 shard
+  jobs in parallel, as images/s of the whole dataset.
+* Snakemake itself running the data rules with --cores 1 and --cores 2 (job start-up included).
+
+Runs alternate between the variants (A B C D, twice); the table gives the median.
+
+    python benchmarks/preprocess.py [--data ../shared/data/imagenette] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.images import prepare_image  # noqa: E402
+from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+
+
+def write_config(work: Path, data: Path, name: str) -> Path:
+    path = work / f"{name}.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "bench",
+                "results_dir": str(work / name),
+                "data": {
+                    "name": "pre",
+                    "root": str(data),
+                    "layout": "folder",
+                    "num_shards": {"train": 8, "val": 2},
+                    "max_side": 500,
+                },
+            }
+        )
+    )
+    return path
+
+
+def ceilings(data: Path, count: int) -> dict[str, float]:
+    files = sorted(data.glob("train/*/*"))[:: max(1, len(list(data.glob("train/*/*"))) // count)]
+    files = files[:count]
+    start = time.perf_counter()
+    for path in files:
+        prepare_image(path.read_bytes(), 500, 90)
+    prepare_rate = len(files) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for path in files:
+        out = io.BytesIO()
+        Image.open(path).convert("RGB").save(out, format="JPEG", quality=90)
+    reencode_rate = len(files) / (time.perf_counter() - start)
+    return {"read_and_prepare": prepare_rate, "decode_and_reencode": reencode_rate}
+
+
+def in_process(work: Path, data: Path, jobs: int, tag: str) -> float:
+    folder = work / tag
+    shutil.rmtree(folder, ignore_errors=True)
+    config = load_config(write_config(work, data, tag))
+    start = time.perf_counter()
+    run_index(config)
+    run_all_shards(config, jobs=jobs)
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
+def with_snakemake(work: Path, data: Path, cores: int, tag: str) -> float:
+    folder = work / tag
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    config = write_config(work, data, tag)
+    snakemake = Path(sys.executable).parent / "snakemake"
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            str(snakemake),
+            "-s",
+            str(PROJECT / "Snakefile"),
+            "--directory",
+            str(folder),
+            "shard_index",
+            "--configfile",
+            str(config),
+            "--cores",
+            str(cores),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    elapsed = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared/data/imagenette")
+    parser.add_argument("--work", type=Path, default=PROJECT / "results" / "bench" / "preprocess")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    images = len(list(args.data.glob("train/*/*"))) + len(list(args.data.glob("val/*/*")))
+    ceiling = ceilings(args.data, 1500)
+
+    variants = {
+        "stages, 1 process": lambda r: in_process(args.work, args.data, 1, f"p1-{r}"),
+        "stages, 2 shard jobs": lambda r: in_process(args.work, args.data, 2, f"p2-{r}"),
+        "snakemake --cores 1": lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}"),
+        "snakemake --cores 2": lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}"),
+    }
+    seconds: dict[str, list[float]] = {k: [] for k in variants}
+    for repeat in range(args.repeats):
+        for name, run in variants.items():
+            seconds[name].append(run(repeat))
+            print(f"  repeat {repeat + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
+    rates = {k: images / statistics.median(v) for k, v in seconds.items()}
+
+    per_core = ceiling["read_and_prepare"]
+    print(f"\nPreprocessing {images:,} images ({args.data}), median of {args.repeats}")
+    print(
+        f"Ceiling on one core: read + prepare_image {per_core:.0f} img/s; forced decode + "
+        f"re-encode of every image {ceiling['decode_and_reencode']:.0f} img/s"
+    )
+    print("| variant | images/s | per job vs one-core ceiling | vs 1 job |")
+    print("|---|---|---|---|")
+    for name, rate in rates.items():
+        jobs = 2 if "2" in name else 1
+        base = rates["snakemake --cores 1" if "snakemake" in name else "stages, 1 process"]
+        print(
+            f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % | {rate / base:.2f}x |"
+        )
+    report = {
+        "benchmark": "preprocess",
+        "machine": f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, no GPU",
+        "images": images,
+        "ceiling_img_s": ceiling,
+        "seconds": seconds,
+        "images_per_s": rates,
+    }
+    out = args.work.parent / "preprocess.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""Our training step against a hand-written plain PyTorch loop, side by side in one run.
+
+Both train the same model on the same batches held in memory, with 1 and with 2 gloo
+processes. Ours is `pipeline.train.step.TrainStep`, exactly what the training loop runs: the
+hybrid optimizer, DDP with the fp16 communication hook (2 processes), uint8 -> float
+normalisation, the accumulation machinery, and tracking at the default interval (a host sync,
+a small all-reduce and a journal/MLflow record every `log_every` steps). The plain loop is
+`torch.optim.SGD(momentum=0.9)`, DDP without a hook (2 processes) or the bare model (1), inputs
+already normalised. Each measurement alternates A B A B; the table gives the median ms/step and
+the ratio. Also: the optimizer step alone against torch.optim.SGD and torch.optim.RMSprop.
+
+    python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+import torchvision
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.data.loader import Normalizer  # noqa: E402
+from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.tracking import Journal, Tracker  # noqa: E402
+from pipeline.train.distributed import DistEnv, all_reduce_sum, free_port, wrap_ddp  # noqa: E402
+from pipeline.train.model import build_model, param_groups  # noqa: E402
+from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
+from pipeline.train.step import TrainStep  # noqa: E402
+
+LOG_EVERY = 10  # the TrainConfig default
+
+
+def make_batches(args, rank: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(rank)
+    return [
+        (
+            torch.randint(
+                0,
+                256,
+                (args.batch, 3, args.size, args.size),
+                dtype=torch.uint8,
+                generator=generator,
+            ),
+            torch.randint(0, 1000, (args.batch,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=args.arch), 1000)
+    wrapped, _ = wrap_ddp(model, env, "fp16")
+    optimizer = HybridRMSpropSGD(param_groups(model, 1e-4), lr=0.1, alpha_sgd=alpha)
+    step = TrainStep(model, wrapped, optimizer, Normalizer(env.device), env.device)
+    sums = torch.zeros(3, dtype=torch.float64)
+    losses: list[torch.Tensor] = []
+    state = {"i": 0}
+
+    def next_batch():
+        state["i"] += 1
+        return batches[state["i"] % len(batches)]
+
+    def run(iteration: int) -> None:
+        losses.append(step(next_batch, 0.1, alpha, sgd_from_now_on=alpha == 1.0, sums=sums))
+        if (iteration + 1) % LOG_EVERY == 0:  # what the loop does at its sync points
+            finite = float(torch.isfinite(torch.stack(losses)).all())
+            all_reduce_sum([*sums.tolist(), finite, 0.0, 0.0], env.device)
+            if tracker is not None:
+                tracker.log(
+                    "iteration",
+                    iteration,
+                    {"lr": 0.1, "alpha_sgd": alpha, "train_loss": float(sums[0])},
+                )
+            losses.clear()
+            sums.zero_()
+
+    return model, run
+
+
+def plain(args, env: DistEnv, batches):
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(args.arch, num_classes=1000)
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if env.world_size > 1 else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    normalize = Normalizer(env.device)
+    floats = [(normalize(x), y) for x, y in batches]  # already normalised, in memory
+
+    def run(iteration: int) -> None:
+        x, y = floats[iteration % len(floats)]
+        loss = F.cross_entropy(wrapped(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, run
+
+
+def timed(run, steps: int, warmup: int = 2) -> float:
+    for i in range(warmup):
+        run(i)
+    if dist.is_initialized():
+        dist.barrier()
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        run(i)
+    if dist.is_initialized():
+        dist.barrier()
+    return (time.perf_counter() - start) / steps * 1000
+
+
+def worker(rank: int, world: int, args, port: int, out: Path) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    env = DistEnv(rank, world, rank, torch.device("cpu"), "gloo")
+    batches = make_batches(args, rank)
+    tracker = None
+    if rank == 0:
+        folder = Path(tempfile.mkdtemp())
+        tracker = Tracker(
+            Journal(folder / "metrics.jsonl"),
+            f"sqlite:///{folder}/mlflow.db",
+            "bench",
+            "bench",
+            {},
+            {},
+            None,
+        )
+    results: dict[str, list[float]] = {"plain": [], "ours_rmsprop_phase": [], "ours_sgd_phase": []}
+    runners = {
+        "plain": plain(args, env, batches)[1],
+        "ours_rmsprop_phase": ours(args, env, batches, tracker, alpha=0.5)[1],
+        "ours_sgd_phase": ours(args, env, batches, tracker, alpha=1.0)[1],
+    }
+    for _ in range(args.repeats):  # interleaved: A B C A B C ...
+        for name, run in runners.items():
+            results[name].append(timed(run, args.steps))
+    if tracker is not None:
+        tracker.close()
+        (out / f"world{world}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def optimizer_only(args) -> dict[str, float]:
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = torchvision.models.get_model(args.arch, num_classes=1000)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = torch.randn_like(p)
+    candidates = {
+        "hybrid (alpha_sgd 0.5)": HybridRMSpropSGD(params, lr=0.1, alpha_sgd=0.5),
+        "hybrid (SGD phase, m skipped)": HybridRMSpropSGD(params, lr=0.1, alpha_sgd=1.0),
+        "torch.optim.SGD momentum": torch.optim.SGD(params, lr=0.1, momentum=0.9),
+        "torch.optim.RMSprop momentum": torch.optim.RMSprop(params, lr=3e-4, momentum=0.9),
+    }
+    candidates["hybrid (SGD phase, m skipped)"].param_groups[0]["track_square_avg"] = False
+    times: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(args.repeats):
+        for name, opt in candidates.items():
+            opt.step()
+            start = time.perf_counter()
+            for _ in range(5):
+                opt.step()
+            times[name].append((time.perf_counter() - start) / 5 * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="resnet18")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    steps = {}
+    for world in (1, 2):
+        mp.start_processes(
+            worker, args=(world, args, free_port(), args.out), nprocs=world, start_method="spawn"
+        )
+        raw = json.loads((args.out / f"world{world}.json").read_text())
+        steps[world] = {k: statistics.median(v) for k, v in raw.items()}
+        steps[world]["spread"] = {k: [min(v), max(v)] for k, v in raw.items()}
+    optim = optimizer_only(args)
+
+    print(
+        f"\nTraining step, {args.arch} at {args.size} px, batch {args.batch} per process, "
+        f"{args.steps} steps x {args.repeats} interleaved repeats, median ms/step"
+    )
+    print("| processes | plain loop | ours, RMSprop phase | ratio | ours, SGD phase | ratio |")
+    print("|---|---|---|---|---|---|")
+    for world, s in steps.items():
+        print(
+            f"| {world} | {s['plain']:.1f} | {s['ours_rmsprop_phase']:.1f} | "
+            f"{s['ours_rmsprop_phase'] / s['plain']:.3f}x | {s['ours_sgd_phase']:.1f} | "
+            f"{s['ours_sgd_phase'] / s['plain']:.3f}x |"
+        )
+    n_params = sum(p.numel() for p in torchvision.models.get_model(args.arch).parameters())
+    print(f"\nOptimizer step alone, {args.arch} ({n_params / 1e6:.1f} M parameters), ms")
+    print("| optimizer | ms/step | vs torch.optim.SGD |")
+    print("|---|---|---|")
+    sgd = optim["torch.optim.SGD momentum"]
+    for name, ms in optim.items():
+        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f}x |")
+    report = {
+        "benchmark": "trainer_step",
+        "machine": f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, no GPU",
+        "torch": torch.__version__,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "step_ms": steps,
+        "optimizer_ms": optim,
+    }
+    (args.out / "trainer_step.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {args.out / 'trainer_step.json'}")
+
+
+if __name__ == "__main__":
+    main()
