@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
@@ -204,9 +205,27 @@ class TrackingConfig(_Strict):
     )
 
 
+class SweepConfig(_Strict):
+    """A grid of experiments on the same shards: every method at every grid point."""
+
+    methods: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named recipes, each a mapping of config overrides (e.g. goyal: {optimizer: "
+        "{name: sgd}, schedule: {name: goyal}}); without any, the config itself is the method.",
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Dotted key -> values, swept as a cartesian product (e.g. seed: [0, 1]). "
+        "`train.global_batch` sets train.accumulate (a multiple of batch_per_worker x world).",
+    )
+
+
 class Config(_Strict):
     experiment: str = Field(
         pattern=NAME_PATTERN, description="Experiment name: run folder and MLflow experiment."
+    )
+    label: str | None = Field(
+        None, description="Method name in comparisons (a sweep sets it to the method's name)."
     )
     results_dir: str = Field("results", description="Root of every output of the pipeline.")
     seed: int = Field(0, description="Training seed (model init, sampling, augmentation).")
@@ -222,6 +241,14 @@ class Config(_Strict):
         description="Several experiments on the same shards (e.g. a batch-size sweep): each "
         "entry overrides keys of this config and names its own `experiment`.",
     )
+    sweep: SweepConfig | None = Field(
+        None, description="A grid of experiments, expanded into one experiment per point."
+    )
+
+    @property
+    def method(self) -> str:
+        """How comparisons group experiments: the label, else optimizer + schedule."""
+        return self.label or f"{self.optimizer.name} + {self.schedule.name}"
 
     @property
     def global_batch(self) -> int:
@@ -401,19 +428,22 @@ def training_fingerprint(config: Config) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-EXPERIMENT_FORBIDDEN = ("data", "results_dir", "experiments")
+EXPERIMENT_FORBIDDEN = ("data", "results_dir", "experiments", "sweep")
 
 
 def expand_experiments(config: Config) -> list[Config]:
-    """The experiments a config describes: itself, or one per `experiments` entry (the entry's
-    keys merged over this config). All share the data, so entries may not change it."""
-    if not config.experiments:
+    """The experiments a config describes: itself, or one per `experiments` entry and one per
+    `sweep` point (merged over this config). All share the data, so none may change it."""
+    overrides = [(f"experiments[{i}]", o) for i, o in enumerate(config.experiments or [])]
+    if config.sweep is not None:
+        overrides += sweep_points(config)
+    if not overrides:
         return [config]
     base = config.model_dump(mode="json")
     base.pop("experiments")
+    base.pop("sweep")
     expanded: dict[str, Config] = {}
-    for i, override in enumerate(config.experiments):
-        where = f"experiments[{i}]"
+    for where, override in overrides:
         if "experiment" not in override:
             raise ConfigError(f"{where} needs its own `experiment` name")
         for key in EXPERIMENT_FORBIDDEN:
@@ -428,6 +458,45 @@ def expand_experiments(config: Config) -> list[Config]:
             raise ConfigError(f"{where}: experiment name {experiment.experiment!r} is used twice")
         expanded[experiment.experiment] = experiment
     return list(expanded.values())
+
+
+SWEEP_NAMES = {"train.global_batch": "b", "train.accumulate": "acc"}  # short name parts
+
+
+def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
+    """One override per (method, grid point), named <experiment>-<method>-<key><value>..."""
+    sweep = config.sweep
+    assert sweep is not None
+    methods = sweep.methods or {"": {}}
+    keys = list(sweep.grid)
+    points = []
+    for method, recipe in methods.items():
+        for values in itertools.product(*(sweep.grid[k] for k in keys)):
+            override = json.loads(json.dumps(recipe))
+            parts = [config.experiment] + ([method] if method else [])
+            for key, value in zip(keys, values, strict=True):
+                parts.append(f"{SWEEP_NAMES.get(key, key.rsplit('.', 1)[-1])}{value}")
+                if key == "train.global_batch":
+                    key, value = "train.accumulate", _accumulate_for(config, override, value)
+                _set_dotted(override, key, value)
+            override["experiment"] = "-".join(parts)
+            if method:
+                override["label"] = method
+            points.append((f"sweep point {override['experiment']}", override))
+    return points
+
+
+def _accumulate_for(config: Config, override: dict[str, Any], global_batch: Any) -> int:
+    merged = _deep_merge(config.model_dump(mode="json"), json.loads(json.dumps(override)))
+    per_step = merged["train"]["batch_per_worker"] * (
+        merged["launcher"]["nodes"] * merged["launcher"]["tasks_per_node"]
+    )
+    if not isinstance(global_batch, int) or global_batch % per_step:
+        raise ConfigError(
+            f"sweep.grid.train.global_batch = {global_batch!r}: must be a multiple of "
+            f"batch_per_worker x world size = {per_step}"
+        )
+    return global_batch // per_step
 
 
 def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

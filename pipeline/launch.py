@@ -139,7 +139,11 @@ class TrainJob(submitit.helpers.Checkpointable):
         trainer = Trainer(config, env, self.fingerprint, stop)
         tracker = None
         if env.is_main:
-            tags = {**self.tags, **self._job_tags(env, torch)}
+            tags = {
+                **self.tags,
+                **self._job_tags(env, torch),
+                "steps_per_epoch": str(trainer.sampler.steps_per_epoch),
+            }
             tracker = Tracker(
                 Journal(RunPaths.of(config).journal),
                 config.tracking_uri,

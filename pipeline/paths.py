@@ -28,6 +28,11 @@ class DataPaths:
         return cls(config.results_path / "data" / config.data.name)
 
     @property
+    def config(self) -> Path:
+        """The resolved config the workflow hands to the data stages."""
+        return self.root / "config.yaml"
+
+    @property
     def demo_done(self) -> Path:
         return self.root / "demo-data.json"
 

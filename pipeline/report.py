@@ -140,8 +140,11 @@ def build_summary(config: Config, rows: list[dict[str, float]], run: Any) -> dic
             sum(r.get("images_per_s", 0.0) for r in rows) / len(rows) if rows else math.nan
         ),
         "global_batch": config.global_batch,
+        "steps_per_epoch": int(run.data.tags.get("steps_per_epoch", 0)) or "",
         "world_size": world,
         "hardware": f"{device} x {world}",
+        "method": config.method,
+        "seed": config.seed,
         "optimizer": config.optimizer.name,
         "schedule": config.schedule.name,
         "mlflow_run_id": run.info.run_id,
@@ -226,41 +229,68 @@ def run_report(config: Config) -> dict[str, Any]:
     return summary
 
 
+def _spread(values: list[float]) -> str:
+    """Mean in %, with min-max over seeds when there are several."""
+    mean = 100 * sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f} %"
+    return f"{mean:.2f} % ({100 * min(values):.2f}-{100 * max(values):.2f}, n={len(values)})"
+
+
 def run_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) -> None:
-    """summary.md and summary.png over several experiments (e.g. a batch-size sweep)."""
+    """summary.md and summary.png over several experiments: one row per method and batch size
+    (mean and min-max over seeds), then every run; top-1 against batch size per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        groups[(s["method"], s["global_batch"])].append(s)
     lines = [
         "# Experiments compared",
         "",
-        "| Experiment | Optimizer | Schedule | Minibatch | Epochs | Final top-1 | Best top-1 |"
-        " Final top-5 | Time |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "Final and best validation top-1 per method and global minibatch size: the mean, and the",
+        "minimum-maximum over seeds when there are several.",
+        "",
+        "| Method | Minibatch | Steps/epoch | Final top-1 | Best top-1 | Runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (method, batch), runs in sorted(groups.items()):
+        steps = runs[0].get("steps_per_epoch", "")
+        lines.append(
+            f"| {method} | {batch:,} | {steps} | {_spread([r['final_val_top1'] for r in runs])} | "
+            f"{_spread([r['best_val_top1'] for r in runs])} | {len(runs)} |"
+        )
+    lines += [
+        "",
+        "![final top-1 against minibatch size](summary.png)",
+        "",
+        "## Every run",
+        "",
+        "| Experiment | Method | Optimizer | Schedule | Minibatch | Seed | Epochs | Final top-1 "
+        "| Best top-1 | Final top-5 | Time |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         lines.append(
-            f"| {s['experiment']} | {s['optimizer']} | {s['schedule']} | {s['global_batch']:,} | "
-            f"{s['epochs']} | {100 * s['final_val_top1']:.2f} % | {100 * s['best_val_top1']:.2f} %"
-            f" | {100 * s['final_val_top5']:.2f} % | {_duration(s['wall_time_s'])} |"
+            f"| {s['experiment']} | {s['method']} | {s['optimizer']} | {s['schedule']} | "
+            f"{s['global_batch']:,} | {s['seed']} | {s['epochs']} | "
+            f"{100 * s['final_val_top1']:.2f} % | {100 * s['best_val_top1']:.2f} % | "
+            f"{100 * s['final_val_top5']:.2f} % | {_duration(s['wall_time_s'])} |"
         )
-    lines += ["", "![final top-1 against minibatch size](summary.png)", ""]
+    lines.append("")
     atomic.write_text(markdown, "\n".join(lines))
 
     fig, axis = plt.subplots(figsize=(7, 4.5))
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for s in summaries:
-        groups[f"{s['optimizer']} + {s['schedule']}"].append(s)
-    for label, members in sorted(groups.items()):
-        members.sort(key=lambda s: s["global_batch"])
-        axis.plot(
-            [s["global_batch"] for s in members],
-            [100 * s["final_val_top1"] for s in members],
-            "o-",
-            label=label,
-        )
+    for method in sorted({m for m, _ in groups}):
+        batches = sorted(b for m, b in groups if m == method)
+        values = [[r["final_val_top1"] * 100 for r in groups[(method, b)]] for b in batches]
+        means = [sum(v) / len(v) for v in values]
+        low = [m - min(v) for m, v in zip(means, values, strict=True)]
+        high = [max(v) - m for m, v in zip(means, values, strict=True)]
+        axis.errorbar(batches, means, yerr=[low, high], fmt="o-", capsize=3, label=method)
     axis.set_xscale("log", base=2)
     axis.set_xlabel("global minibatch size")
     axis.set_ylabel("final val top-1 (%)")

@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import (
@@ -152,9 +153,33 @@ def test_two_experiments_share_the_shards_and_are_compared(workflow):
     assert [e.global_batch for e in experiments] == [32, 64]
     comparison = ComparisonPaths.of(experiments[0])
     table = comparison.markdown.read_text()
-    assert re.search(r"\| sgd-1ep \| sgd \| slow_start \| 32 \| 1 \|", table)
-    assert re.search(r"\| hybrid-1ep \| hybrid \| slow_start \| 64 \| 1 \|", table)
+    assert "| sgd-1ep | sgd + slow_start | sgd | slow_start | 32 | 0 | 1 |" in table
+    assert "| hybrid-1ep | hybrid + slow_start | hybrid | slow_start | 64 | 0 | 1 |" in table
     assert comparison.plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_runs_every_point_and_compares_means_over_seeds(workflow):
+    """The sweep machinery in small: one method, two seeds, one epoch each."""
+    tmp, _, config, _ = workflow
+    sweep = write_config(
+        tmp,
+        config.data.root_path,
+        experiment="tiny",
+        **SMALL_RUN,
+        sweep={"methods": {"akiba": {}}, "grid": {"seed": [0, 1], "train.global_batch": [64]}},
+    )
+    deep = yaml.safe_load(sweep.read_text())
+    deep["train"]["epochs"] = 1
+    sweep.write_text(yaml.safe_dump(deep))
+    plan = snakemake(tmp, "reproduce", "-n", "--configfile", str(sweep)).stdout
+    assert planned_rules(plan) == {"train", "report", "compare", "reproduce"}  # shards reused
+    snakemake(tmp, "reproduce", "--cores", "2", "--configfile", str(sweep))
+    names = [e.experiment for e in expand_experiments(load_config(sweep))]
+    assert names == ["tiny-akiba-seed0-b64", "tiny-akiba-seed1-b64"]
+    table = ComparisonPaths.of(load_config(sweep)).markdown.read_text()
+    assert re.search(r"\| akiba \| 64 \| 3 \| [\d.]+ % \([\d.]+-[\d.]+, n=2\) \|", table)
+    for name in names:
+        assert f"| {name} | akiba |" in table
 
 
 def test_the_slurm_profile_passes_a_dry_run(workflow):

@@ -27,8 +27,10 @@ DATA = DataPaths.of(CFG)
 LOGS = CFG.results_path / "logs"
 CONDA_ENV = "../../envs/pipeline.yaml"
 # The fully resolved configs (defaults and --config overrides included) the stages read: the
-# base one for the data rules, one per experiment for training and reports.
-CONFIG_FILE = str(write_resolved(CFG, resolved_config_path(CFG)))
+# base one for the data rules and the comparison, at a path that depends only on the dataset
+# (so experiments on the same shards do not look like changed data rules), and one per
+# experiment for training and reports.
+CONFIG_FILE = str(write_resolved(CFG, DATA.config))
 EXPERIMENTS = {c.experiment: c for c in expand_experiments(CFG)}
 EXPERIMENT_FILES = {
     name: str(write_resolved(c, resolved_config_path(c))) for name, c in EXPERIMENTS.items()

@@ -43,3 +43,11 @@ rule compare:
         CONDA_ENV
     shell:
         "python -m pipeline compare --config {params.config} > {log} 2>&1"
+
+
+rule reproduce:
+    # Every experiment of the config (a sweep: one per method and grid point), then the
+    # comparison: `snakemake --configfile config/experiments/reproduce-imagenette.yaml reproduce`
+    input:
+        final_targets(),
+    default_target: False
