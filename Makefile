@@ -2,6 +2,7 @@
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
 # make lint  - ruff, snakemake --lint, and the config schema check
+# make reproduce - the batch-size sweep of docs/reproduction.md (about an hour)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,7 +10,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench lint ui venv clean
+.PHONY: run test bench lint ui reproduce venv clean
 
 venv: $(STAMP)
 
@@ -46,6 +47,10 @@ lint: $(STAMP)
 	ruff format --check .
 	snakemake --lint
 	python -m pipeline schema --check
+
+# Issue 7's experiment: four methods x three minibatch sizes on Imagenette (about an hour).
+reproduce: $(STAMP)
+	snakemake reproduce --configfile config/experiments/reproduce-imagenette.yaml
 
 # The MLflow UI on the project's tracking store, bound to this machine only.
 ui: $(STAMP)

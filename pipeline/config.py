@@ -452,7 +452,7 @@ def expand_experiments(config: Config) -> list[Config]:
                     f"{where}.{key}: experiments share the shards and results folder; "
                     f"set {key} once at the top level"
                 )
-        merged = _deep_merge(json.loads(json.dumps(base)), override)
+        merged = deep_merge(json.loads(json.dumps(base)), override)
         experiment = config_from_mapping(merged, source=f"{where} ({override['experiment']})")
         if experiment.experiment in expanded:
             raise ConfigError(f"{where}: experiment name {experiment.experiment!r} is used twice")
@@ -487,7 +487,7 @@ def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _accumulate_for(config: Config, override: dict[str, Any], global_batch: Any) -> int:
-    merged = _deep_merge(config.model_dump(mode="json"), json.loads(json.dumps(override)))
+    merged = deep_merge(config.model_dump(mode="json"), json.loads(json.dumps(override)))
     per_step = merged["train"]["batch_per_worker"] * (
         merged["launcher"]["nodes"] * merged["launcher"]["tasks_per_node"]
     )
@@ -499,10 +499,10 @@ def _accumulate_for(config: Config, override: dict[str, Any], global_batch: Any)
     return global_batch // per_step
 
 
-def _deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _deep_merge(base[key], value)
+            deep_merge(base[key], value)
         else:
             base[key] = value
     return base

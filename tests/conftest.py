@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pipeline.config import deep_merge
 from pipeline.train.distributed import free_port  # noqa: F401 - tests import it from here
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -43,15 +44,6 @@ def ilsvrc_sample() -> Path:
     return shared_dataset("ilsvrc2012-sample")
 
 
-def deep_update(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_update(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def write_config(folder: Path, data_root: Path, **changes: Any) -> Path:
     """A small config for tests: results under `folder`, data from `data_root`."""
     config = {
@@ -68,7 +60,7 @@ def write_config(folder: Path, data_root: Path, **changes: Any) -> Path:
             "loader_workers": 0,
         },
     }
-    deep_update(config, changes)
+    deep_merge(config, changes)
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
@@ -99,6 +91,43 @@ def snakemake_bin() -> str:
     found = shutil.which("snakemake", path=str(Path(sys.executable).parent))
     assert found, "snakemake is not installed next to this interpreter"
     return found
+
+
+def run_snakemake(workdir: Path, *args: str, check: bool = True, **popen: Any):
+    """This project's Snakefile with `workdir` as working directory; with `popen` keywords,
+    started in the background (a Popen) instead of waited for."""
+    command = [
+        snakemake_bin(),
+        "-s",
+        str(PROJECT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
+    if popen:
+        return subprocess.Popen(command, env=venv_env(), **popen)
+    result = subprocess.run(command, capture_output=True, text=True, env=venv_env(), timeout=1500)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def demo_config(folder: Path, shards: Path | None, **changes: Any) -> Path:
+    """config/config.yaml (the digits demo) for a 2-epoch run under `folder`, with frequent
+    checkpoints; `shards` (built once by a fixture) are linked in instead of rebuilt."""
+    config = yaml.safe_load((PROJECT / "config" / "config.yaml").read_text())
+    config["results_dir"] = str(folder / "results")
+    config["data"]["root"] = str(folder / "digits")
+    config["train"].update(epochs=2, checkpoint_every_min=1e-6, log_every=4)
+    deep_merge(config, changes)
+    if shards is not None:
+        link = folder / "results" / "data" / "digits"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(shards)
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 def make_folder_dataset(

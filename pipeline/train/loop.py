@@ -439,7 +439,7 @@ class Trainer:
         for images, labels in self.val_loader:
             x = self.normalize(images)
             y = labels.to(self.env.device, non_blocking=True)
-            with self.step._autocast():
+            with self.step.autocast():
                 logits = model(x).float()
             hits = logits.topk(k, dim=1).indices.eq(y[:, None])
             sums[0] += F.cross_entropy(logits, y, reduction="sum")

@@ -65,7 +65,7 @@ class TrainStep:
             return self.wrapped.no_sync()
         return contextlib.nullcontext()
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def autocast(self) -> contextlib.AbstractContextManager:
         if self.bf16:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
@@ -94,7 +94,7 @@ class TrainStep:
             x = self.normalize(images)
             y = labels.to(self.device, non_blocking=True)
             last = micro == self.accumulate - 1  # all-reduce only after the last micro-batch
-            with contextlib.nullcontext() if last else self._no_sync(), self._autocast():
+            with contextlib.nullcontext() if last else self._no_sync(), self.autocast():
                 logits = self.wrapped(x)
                 loss = F.cross_entropy(logits.float(), y)
             if poison:  # testing aid: TrainConfig.fail_at_iteration

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT, run_stage, snakemake_bin, venv_env, write_config
-from pipeline.config import load_config
+from conftest import PROJECT, demo_config, run_snakemake, run_stage, write_config
+from pipeline.config import deep_merge, load_config
 from pipeline.paths import ReportPaths, RunPaths
 
 pytestmark = pytest.mark.slow
@@ -62,24 +61,20 @@ def squeue_ids():
 
 
 def snakemake(workdir, *args, check=True, **popen):
-    command = [
-        snakemake_bin(),
-        "-s",
-        str(PROJECT / "Snakefile"),
-        "--directory",
-        str(workdir),
+    """The Slurm profile, with test-only overrides: check job states every 2 s (the plugin
+    waits 40 s, then 10 s between checks, by default)."""
+    return run_snakemake(
+        workdir,
         "--workflow-profile",
         str(PROFILE),
         "--slurm-init-seconds-before-status-checks",
         "1",
+        "--seconds-between-status-checks",
+        "2",
         *args,
-    ]
-    if popen:
-        return subprocess.Popen(command, env=venv_env(), **popen)
-    result = subprocess.run(command, capture_output=True, text=True, env=venv_env(), timeout=900)
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+        check=check,
+        **popen,
+    )
 
 
 def wait_until(condition, what, timeout=240):
@@ -103,19 +98,8 @@ def digits(tmp_path_factory):
 
 
 def demo_on_slurm(folder, shards, **changes):
-    config = yaml.safe_load((PROJECT / "config" / "config.yaml").read_text())
-    config["results_dir"] = str(folder / "results")
-    config["data"]["root"] = str(folder / "digits")
-    config["train"].update(epochs=2, checkpoint_every_min=1e-6, log_every=4)
-    config["launcher"].update(cluster="slurm", timeout_min=15, max_num_timeout=5)
-    for section, values in changes.items():
-        config.setdefault(section, {}).update(values)
-    if shards is not None:
-        (folder / "results" / "data").mkdir(parents=True, exist_ok=True)
-        (folder / "results" / "data" / "digits").symlink_to(shards)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    slurm = {"launcher": {"cluster": "slurm", "timeout_min": 15, "max_num_timeout": 5}}
+    return demo_config(folder, shards, **deep_merge(slurm, changes))
 
 
 def final_weights(config_path):

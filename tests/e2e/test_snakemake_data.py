@@ -2,26 +2,16 @@
 
 import json
 import re
-import subprocess
 
 import pytest
 
-from conftest import PROJECT, planned_rules, snakemake_bin, venv_env, write_config
+from conftest import PROJECT, planned_rules, run_snakemake, write_config
 from pipeline.config import load_config
 from pipeline.paths import DataPaths
 
 
 def snakemake(workdir, *args, check=True):
-    result = subprocess.run(
-        [snakemake_bin(), "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=900,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+    return run_snakemake(workdir, *args, check=check)
 
 
 def test_lint_is_clean(tmp_path):

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT, free_port, mlflow_server, run_stage
+from conftest import PROJECT, demo_config, free_port, mlflow_server, run_stage
 from pipeline.config import load_config
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
@@ -31,24 +30,6 @@ def demo_shards(tmp_path_factory):
     for stage in ("demo-data", "index", "shard"):
         run_stage(stage, "--config", str(config))
     return tmp / "results" / "data" / "digits"
-
-
-def demo_config(folder, shards, **changes):
-    """config/config.yaml for a short run under `folder`, reusing already built shards."""
-    config = yaml.safe_load((PROJECT / "config" / "config.yaml").read_text())
-    config["results_dir"] = str(folder / "results")
-    config["data"]["root"] = str(folder / "digits")
-    config["train"].update(epochs=EPOCHS, checkpoint_every_min=1e-6, log_every=4)
-    for section, values in changes.items():
-        config.setdefault(section, {}).update(values)
-    if shards is not None:
-        (folder / "results" / "data").mkdir(parents=True, exist_ok=True)
-        link = folder / "results" / "data" / "digits"
-        if not link.exists():
-            link.symlink_to(shards)
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def train(config_path, *extra, check=True):

@@ -5,7 +5,6 @@ config with two experiments."""
 import csv
 import json
 import re
-import subprocess
 import urllib.parse
 import urllib.request
 
@@ -18,8 +17,7 @@ from conftest import (
     free_port,
     mlflow_server,
     planned_rules,
-    snakemake_bin,
-    venv_env,
+    run_snakemake,
     write_config,
 )
 from pipeline.config import expand_experiments, load_config
@@ -36,16 +34,7 @@ SMALL_RUN = {
 
 
 def snakemake(workdir, *args, check=True):
-    result = subprocess.run(
-        [snakemake_bin(), "-s", str(PROJECT / "Snakefile"), "--directory", str(workdir), *args],
-        capture_output=True,
-        text=True,
-        env=venv_env(),
-        timeout=1200,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"snakemake {args} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+    return run_snakemake(workdir, *args, check=check)
 
 
 @pytest.fixture(scope="module")

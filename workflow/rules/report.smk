@@ -47,7 +47,7 @@ rule compare:
 
 rule reproduce:
     # Every experiment of the config (a sweep: one per method and grid point), then the
-    # comparison: `snakemake --configfile config/experiments/reproduce-imagenette.yaml reproduce`
+    # comparison: `snakemake reproduce --configfile config/experiments/reproduce-imagenette.yaml`
     input:
         final_targets(),
     default_target: False
