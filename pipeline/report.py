@@ -20,8 +20,9 @@ import yaml
 
 from pipeline import atomic
 from pipeline.config import Config
+from pipeline.errors import PipelineError
 from pipeline.paths import ComparisonPaths, ReportPaths, RunPaths
-from pipeline.tracking import Journal, sync_journal
+from pipeline.tracking import Journal, mlflow_client, store_errors, sync_journal
 
 EPOCH_METRICS = (
     "train_loss",
@@ -48,9 +49,7 @@ PAPER_TABLE = [
 
 def fetch_history(uri: str, run_id: str) -> tuple[list[dict[str, float]], dict[str, list]]:
     """Per-epoch rows (one per epoch, every metric a column) and per-iteration series."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = mlflow_client(uri)
     by_epoch: dict[int, dict[str, float]] = defaultdict(dict)
     for key in EPOCH_METRICS:
         for m in client.get_metric_history(run_id, key):
@@ -203,16 +202,19 @@ def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
 
 def run_report(config: Config) -> dict[str, Any]:
     """The report stage for one experiment."""
-    from mlflow.tracking import MlflowClient
-
     run_paths = RunPaths.of(config)
     report = ReportPaths.of(config)
     uri = config.tracking_uri
     synced = sync_journal(Journal(run_paths.journal), uri)
-    run = MlflowClient(tracking_uri=uri).get_run(synced.run_id)
-    rows, series = fetch_history(uri, synced.run_id)
+    with store_errors(uri, run_paths.journal):
+        client = mlflow_client(uri)
+        run = client.get_run(synced.run_id)
+        rows, series = fetch_history(uri, synced.run_id)
     if not rows:
-        raise ValueError(f"MLflow run {synced.run_id} has no per-epoch metrics")
+        raise PipelineError(
+            f"MLflow run {synced.run_id} has no per-epoch metrics, nor has {run_paths.journal}: "
+            "did the first epoch finish? Train further, then run the report again."
+        )
     write_metrics_csv(rows, report.metrics_csv)
     plot_curves(
         rows,
@@ -223,9 +225,9 @@ def run_report(config: Config) -> dict[str, Any]:
     summary = build_summary(config, rows, run)
     atomic.write_json(report.summary, summary)
     write_markdown(config, summary, report.markdown)
-    client = MlflowClient(tracking_uri=uri)
-    for path in (report.metrics_csv, report.curves, report.summary, report.markdown):
-        client.log_artifact(synced.run_id, str(path), artifact_path="report")
+    with store_errors(uri, run_paths.journal):
+        for path in (report.metrics_csv, report.curves, report.summary, report.markdown):
+            client.log_artifact(synced.run_id, str(path), artifact_path="report")
     return summary
 
 

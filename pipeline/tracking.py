@@ -18,10 +18,13 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.errors import PipelineError
 
 SCOPE_PREFIX = {"epoch": "", "iteration": "iter/"}  # one MLflow key space per step kind
 MLFLOW_ENV = {
@@ -87,7 +90,8 @@ def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, float, int, in
     return rows
 
 
-def _client(uri: str):
+def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (slow)
+    """A client that fails fast on an unreachable server (`MLFLOW_ENV`)."""
     for key, value in MLFLOW_ENV.items():
         os.environ.setdefault(key, value)
     from mlflow.tracking import MlflowClient
@@ -100,7 +104,7 @@ def create_run(
 ) -> str:
     from mlflow.entities import Param
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
     experiment_id = found.experiment_id if found else client.create_experiment(experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
@@ -110,13 +114,38 @@ def create_run(
     return run.info.run_id
 
 
+class TrackingStoreError(PipelineError):
+    """The MLflow store could not be read or written; the journal still holds every metric."""
+
+
+@contextmanager
+def store_errors(uri: str, journal: Path) -> Iterator[None]:
+    """Turn a failure to reach the MLflow store into an error that says what to do."""
+    from mlflow.exceptions import MlflowException
+    from requests.exceptions import RequestException
+
+    try:
+        yield
+    except (MlflowException, RequestException, OSError) as err:
+        first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise TrackingStoreError(
+            f"MLflow at {uri} failed ({type(err).__name__}: {first_line}). Nothing is lost: "
+            f"{journal} holds every metric. Start the tracking server (or fix tracking.uri) "
+            "and run this stage again."
+        ) from err
+
+
 def run_exists(uri: str, run_id: str) -> bool:
+    """False only when the store answers that the run does not exist; other errors propagate,
+    so a server that is down never makes a second copy of a run."""
     from mlflow.exceptions import MlflowException
 
     try:
-        _client(uri).get_run(run_id)
-    except MlflowException:
-        return False
+        mlflow_client(uri).get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise
     return True
 
 
@@ -129,12 +158,19 @@ class SyncResult:
 
 def sync_journal(journal: Journal, uri: str) -> SyncResult:
     """Copy into MLflow every journal metric the run lacks; create the run if it never was."""
-    from mlflow.entities import Metric
-
     records = journal.read()
     run_records = [r for r in records if r.get("type") == "run"]
     if not run_records:
-        raise ValueError(f"{journal.path} has no run record: was training started?")
+        raise PipelineError(f"{journal.path} has no run record: was training started?")
+    with store_errors(uri, journal.path):
+        return _sync(journal, uri, records, run_records)
+
+
+def _sync(
+    journal: Journal, uri: str, records: list[dict[str, Any]], run_records: list[dict[str, Any]]
+) -> SyncResult:
+    from mlflow.entities import Metric
+
     run_id = journal.run_id()
     created = False
     if run_id is None or not run_exists(uri, run_id):
@@ -144,7 +180,7 @@ def sync_journal(journal: Journal, uri: str) -> SyncResult:
         )
         journal.append({**first, "run_id": run_id, "time_ms": _now_ms()}, sync=True)
         created = True
-    client = _client(uri)
+    client = mlflow_client(uri)
     rows = metric_rows(records)
     present: set[tuple[str, int]] = set()
     for key in {row[0] for row in rows}:
@@ -208,7 +244,7 @@ class Tracker:
         self._thread.start()
 
     def _client(self):
-        return _client(self.uri)
+        return mlflow_client(self.uri)
 
     def _fail(self, err: Exception) -> None:
         if self._failed is None:

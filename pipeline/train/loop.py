@@ -48,7 +48,7 @@ from pipeline.train.distributed import (
 )
 from pipeline.train.model import build_model, param_groups, to_device
 from pipeline.train.optim import HybridRMSpropSGD
-from pipeline.train.schedules import PAPER_EPOCHS, alpha_sgd, goyal_lr, slow_start_lr
+from pipeline.train.schedules import Schedule
 from pipeline.train.step import TrainStep
 
 
@@ -79,39 +79,6 @@ class Progress:
     epoch_wait_s: float = 0.0
     wall_time_s: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-class Schedule:
-    """(eta_SGD, alpha_SGD) as functions of the fractional epoch, for the configured recipe."""
-
-    def __init__(self, config: Config) -> None:
-        epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
-        scale = epochs / PAPER_EPOCHS
-        self.epochs = epochs
-        self.base_lr = config.base_lr
-        self.recipe = config.schedule
-        self.optimizer = config.optimizer.name
-        self.center = config.schedule.center * scale
-        self.period = config.schedule.period * scale
-
-    def __call__(self, epoch: float) -> tuple[float, float]:
-        if self.recipe.name == "goyal":
-            lr = goyal_lr(epoch, self.base_lr, self.epochs, warmup_epochs=self.recipe.warmup_epochs)
-        else:
-            lr = slow_start_lr(epoch, self.base_lr, self.epochs)
-        if self.optimizer == "sgd":
-            return lr, 1.0
-        if self.optimizer == "rmsprop":
-            return lr, 0.0
-        return lr, alpha_sgd(epoch, self.center, self.period)
-
-    def sgd_from(self, epoch: float) -> bool:
-        """True when alpha_SGD is 1 from `epoch` to the end (it never decreases)."""
-        if self.optimizer == "sgd":
-            return True
-        if self.optimizer == "rmsprop":
-            return False
-        return epoch >= self.center + self.period / 2
 
 
 def configure_determinism(deterministic: bool) -> None:

@@ -1,4 +1,5 @@
-"""Learning-rate and alpha_SGD schedules: pure functions of the fractional epoch.
+"""Learning-rate and alpha_SGD schedules: pure functions of the fractional epoch, and
+`Schedule`, which picks them for a config.
 
 `epoch` is fractional everywhere: epoch + iteration / iterations_per_epoch. Milestones are
 stated for the paper's 90 epochs; `epochs` rescales them (and the warm-up) for other lengths.
@@ -7,6 +8,10 @@ stated for the paper's 90 epochs; `epochs` rescales them (and the warm-up) for o
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 PAPER_EPOCHS = 90.0
 
@@ -57,3 +62,36 @@ def goyal_lr(
         start = min(warmup_start_lr, base_lr)
         return start + (base_lr - start) * epoch / warmup
     return _step(epoch, base_lr, epochs, [(0, 1.0), (30, 0.1), (60, 0.01), (80, 0.001)])
+
+
+class Schedule:
+    """(eta_SGD, alpha_SGD) as functions of the fractional epoch, for the configured recipe."""
+
+    def __init__(self, config: Config) -> None:
+        epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
+        scale = epochs / PAPER_EPOCHS
+        self.epochs = epochs
+        self.base_lr = config.base_lr
+        self.recipe = config.schedule
+        self.optimizer = config.optimizer.name
+        self.center = config.schedule.center * scale
+        self.period = config.schedule.period * scale
+
+    def __call__(self, epoch: float) -> tuple[float, float]:
+        if self.recipe.name == "goyal":
+            lr = goyal_lr(epoch, self.base_lr, self.epochs, warmup_epochs=self.recipe.warmup_epochs)
+        else:
+            lr = slow_start_lr(epoch, self.base_lr, self.epochs)
+        if self.optimizer == "sgd":
+            return lr, 1.0
+        if self.optimizer == "rmsprop":
+            return lr, 0.0
+        return lr, alpha_sgd(epoch, self.center, self.period)
+
+    def sgd_from(self, epoch: float) -> bool:
+        """True when alpha_SGD is 1 from `epoch` to the end (it never decreases)."""
+        if self.optimizer == "sgd":
+            return True
+        if self.optimizer == "rmsprop":
+            return False
+        return epoch >= self.center + self.period / 2

@@ -159,6 +159,13 @@ def test_an_unreachable_tracking_server_loses_nothing(demo_shards, tmp_path):
     assert epochs == list(range(EPOCHS))
     assert journal.run_id() is None
 
+    for stage in ("sync-mlflow", "report"):  # still down: a clear error, and no run made
+        down = run_stage(stage, "--config", str(path), check=False)
+        assert down.returncode == 2, down.stderr
+        assert f"MLflow at http://127.0.0.1:{port} failed" in down.stderr
+        assert str(journal.path) in down.stderr and "Traceback" not in down.stderr
+    assert journal.run_id() is None
+
     with mlflow_server(port, tmp_path / "server") as uri:
         first = run_stage("sync-mlflow", "--config", str(path))
         assert "created" in first.stderr
