@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,7 +26,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.train.distributed import DistEnv, free_port, wrap_ddp  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402
 
@@ -105,15 +104,13 @@ def main() -> None:
         )
     half = result["fp16"]["bytes_per_step"] * 2 == fp32 == 4 * result["parameters"]
     print(f"\nfp16 moves exactly half the bytes of fp32 (4 bytes x every parameter): {half}")
-    report = {
-        "benchmark": "allreduce",
-        "machine": f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, no GPU",
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "results": result,
-        "fp16_is_half_of_fp32": half,
-    }
-    (args.out / "allreduce.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {args.out / 'allreduce.json'}")
+    write_benchmark_report(
+        args.out / "allreduce.json",
+        "allreduce",
+        args={k: str(v) for k, v in vars(args).items()},
+        results=result,
+        fp16_is_half_of_fp32=half,
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ number of workers: what the workers could deliver with zero loader overhead.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -48,6 +46,7 @@ from pipeline.data.loader import (  # noqa: E402
     make_loader,
 )
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
+from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.paths import DataPaths  # noqa: E402
 
 
@@ -237,18 +236,12 @@ def main() -> None:
             f"{100 * r['share_of_ceiling']:.0f} %",
         )
         print("| " + " | ".join(cells) + " |")
-    report = {
-        "benchmark": "loader",
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores",
-        "torch": torch.__version__,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "results": results,
-    }
-    out = args.work / "loader.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_benchmark_report(
+        args.work / "loader.json",
+        "loader",
+        args={k: str(v) for k, v in vars(args).items()},
+        results=results,
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,7 +33,7 @@ sys.path.insert(0, str(PROJECT))
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.images import prepare_image  # noqa: E402
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
-from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.hardware import write_benchmark_report  # noqa: E402
 
 
 def write_config(work: Path, data: Path, name: str) -> Path:
@@ -151,17 +149,14 @@ def main() -> None:
         print(
             f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % | {rate / base:.2f}x |"
         )
-    report = {
-        "benchmark": "preprocess",
-        "machine": f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, no GPU",
-        "images": images,
-        "ceiling_img_s": ceiling,
-        "seconds": seconds,
-        "images_per_s": rates,
-    }
-    out = args.work.parent / "preprocess.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    write_benchmark_report(
+        args.work.parent / "preprocess.json",
+        "preprocess",
+        images=images,
+        ceiling_img_s=ceiling,
+        seconds=seconds,
+        images_per_s=rates,
+    )
 
 
 if __name__ == "__main__":

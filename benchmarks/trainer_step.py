@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pipeline.config import ModelConfig  # noqa: E402
 from pipeline.data.loader import Normalizer  # noqa: E402
-from pipeline.hardware import cpu_name  # noqa: E402
+from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, free_port, wrap_ddp  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
@@ -221,16 +220,13 @@ def main() -> None:
     sgd = optim["torch.optim.SGD momentum"]
     for name, ms in optim.items():
         print(f"| {name} | {ms:.1f} | {ms / sgd:.2f}x |")
-    report = {
-        "benchmark": "trainer_step",
-        "machine": f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, no GPU",
-        "torch": torch.__version__,
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "step_ms": steps,
-        "optimizer_ms": optim,
-    }
-    (args.out / "trainer_step.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nwrote {args.out / 'trainer_step.json'}")
+    write_benchmark_report(
+        args.out / "trainer_step.json",
+        "trainer_step",
+        args={k: str(v) for k, v in vars(args).items()},
+        step_ms=steps,
+        optimizer_ms=optim,
+    )
 
 
 if __name__ == "__main__":

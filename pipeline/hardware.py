@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
+from typing import Any
 
 
 def cpu_name() -> str:
@@ -15,3 +17,24 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def machine_description() -> str:
+    """Host, CPU model, core count and GPU (or "no GPU"), for benchmark reports."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, {gpu}"
+
+
+def write_benchmark_report(path: Path, benchmark: str, **fields: Any) -> None:
+    """`path` <- JSON of the benchmark's results with the machine and torch version it ran on."""
+    import torch
+
+    from pipeline import atomic
+
+    report = {"benchmark": benchmark, "machine": machine_description()}
+    report |= {"torch": torch.__version__, **fields}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(path, report)
+    print(f"\nwrote {path}")
