@@ -126,7 +126,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.report import run_compare
 
     config = _config(args)
-    run_compare(config)
+    run_compare(config, args.summaries)
     print(f"compare: wrote {ComparisonPaths.of(config).markdown}", file=sys.stderr)
     return 0
 
@@ -226,7 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start over (the old run is kept aside)")
     _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
     _add_config_args(stage("report", cmd_report, "metrics.csv, curves.png, report.md from MLflow"))
-    _add_config_args(stage("compare", cmd_compare, "summary.md/png over the config's experiments"))
+    p = stage("compare", cmd_compare, "summary.md/png over the config's experiments")
+    _add_config_args(p)
+    p.add_argument(
+        "--summaries",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="compare exactly these summary.json files (the Snakemake rule passes its inputs) "
+        "instead of every experiment of the config",
+    )
     p = sub.add_parser("plan", help="predict time per iteration and time to train on N GPUs")
     p.set_defaults(func=cmd_plan)
     p.add_argument("--gpus", type=int, default=1024)

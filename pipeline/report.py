@@ -304,13 +304,20 @@ def run_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) 
     plt.close(fig)
 
 
-def run_compare(config: Config) -> None:
-    """The compare stage: summary.md / summary.png over every experiment of the config."""
+def run_compare(config: Config, summary_files: list[Path] | None = None) -> None:
+    """The compare stage: summary.md / summary.png over `summary_files`, by default those of
+    every experiment of the config."""
     from pipeline.config import expand_experiments
 
-    summaries = [
-        json.loads(ReportPaths.of(experiment).summary.read_text())
-        for experiment in expand_experiments(config)
-    ]
+    if summary_files is None:
+        summary_files = [ReportPaths.of(e).summary for e in expand_experiments(config)]
+    missing = [str(path) for path in summary_files if not path.is_file()]
+    if missing:
+        raise PipelineError(
+            f"compare: no report yet for {len(missing)} of {len(summary_files)} experiments "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}); run their "
+            "report stage first (`snakemake reproduce` or `snakemake` does)"
+        )
+    summaries = [json.loads(path.read_text()) for path in summary_files]
     paths = ComparisonPaths.of(config)
     run_comparison(summaries, paths.markdown, paths.plot)

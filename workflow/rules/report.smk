@@ -42,7 +42,8 @@ rule compare:
     conda:
         CONDA_ENV
     shell:
-        "python -m pipeline compare --config {params.config} > {log} 2>&1"
+        "python -m pipeline compare --config {params.config} --summaries {input.summaries} "
+        "> {log} 2>&1"
 
 
 rule reproduce:

@@ -1,0 +1,55 @@
+import json
+
+import pytest
+
+from pipeline.config import config_from_mapping
+from pipeline.errors import PipelineError
+from pipeline.paths import ComparisonPaths
+from pipeline.report import run_compare
+
+
+def _summary(experiment, method, batch, seed, top1):
+    return {
+        "experiment": experiment,
+        "method": method,
+        "optimizer": "hybrid",
+        "schedule": "slow_start",
+        "global_batch": batch,
+        "steps_per_epoch": 4,
+        "seed": seed,
+        "epochs": 2,
+        "final_val_top1": top1,
+        "best_val_top1": top1 + 0.01,
+        "final_val_top5": 0.9,
+        "wall_time_s": 61.0,
+    }
+
+
+@pytest.fixture
+def config(tmp_path):
+    return config_from_mapping(
+        {"experiment": "x", "results_dir": str(tmp_path), "data": {"name": "d", "root": "/d"}}
+    )
+
+
+def test_compare_reads_exactly_the_given_summaries_with_mean_and_spread(config, tmp_path):
+    files = []
+    for name, seed, top1 in [("a-s0", 0, 0.40), ("a-s1", 1, 0.50), ("b-s0", 0, 0.30)]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(_summary(name, name[0], 2048, seed, top1)))
+        files.append(path)
+    run_compare(config, files)
+    paths = ComparisonPaths.of(config)
+    text = paths.markdown.read_text()
+    assert "| a | 2,048 | 4 | 45.00 % (40.00-50.00, n=2) | 46.00 % (41.00-51.00, n=2) | 2 |" in text
+    assert "| b | 2,048 | 4 | 30.00 % | 31.00 % | 1 |" in text
+    assert text.count("| a-s") == 2 and text.count("| b-s0 |") == 1
+    assert paths.plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_names_the_missing_reports_and_writes_nothing(config, tmp_path):
+    there = tmp_path / "there.json"
+    there.write_text(json.dumps(_summary("there", "a", 64, 0, 0.5)))
+    with pytest.raises(PipelineError, match=r"no report yet for 1 of 2 .*missing\.json"):
+        run_compare(config, [there, tmp_path / "missing.json"])
+    assert not ComparisonPaths.of(config).markdown.exists()
