@@ -2,7 +2,7 @@
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
 # make lint  - ruff, snakemake --lint, and the config schema check
-# make reproduce - the batch-size sweep of docs/reproduction.md (about an hour)
+# make reproduce - the batch-size sweep of docs/reproduction.md (about 40 min on 2 cores)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -48,7 +48,8 @@ lint: $(STAMP)
 	snakemake --lint
 	python -m pipeline schema --check
 
-# Issue 7's experiment: four methods x three minibatch sizes on Imagenette (about an hour).
+# The paper's claim at small scale: four methods x three minibatch sizes on Imagenette
+# (40 min on 2 CPU cores; docs/reproduction.md).
 reproduce: $(STAMP)
 	snakemake reproduce --configfile config/experiments/reproduce-imagenette.yaml
 

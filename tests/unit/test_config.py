@@ -8,6 +8,8 @@ from pipeline.config import (
     SCHEMA_PATH,
     ConfigError,
     config_from_mapping,
+    deep_merge,
+    expand_experiments,
     load_config,
     parse_override,
     schema_text,
@@ -94,6 +96,22 @@ def test_schema_file_is_in_sync_with_the_models():
     )
 
 
+def _overlay_base(path: Path) -> Path:
+    """An overlay (a config without `experiment`, given after its base: `--configfile base.yaml
+    base-<variant>.yaml`) is named after its base config."""
+    for base in sorted(path.parent.glob("*.yaml"), key=lambda p: -len(p.name)):
+        if base != path and path.stem.startswith(base.stem + "-"):
+            return base
+    raise AssertionError(f"{path} has no `experiment` and no base config named like it")
+
+
 @pytest.mark.parametrize("path", sorted((PROJECT / "config").rglob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_are_valid(path):
-    load_config(path)
+    mapping = yaml.safe_load(path.read_text())
+    if "experiment" in mapping:
+        load_config(path)
+        return
+    base = _overlay_base(path)
+    merged = deep_merge(yaml.safe_load(base.read_text()), mapping)  # as Snakemake merges them
+    for experiment in expand_experiments(config_from_mapping(merged, source=str(path))):
+        assert experiment.data == load_config(base).data  # an overlay reuses the base's shards
