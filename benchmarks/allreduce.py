@@ -103,7 +103,7 @@ def main() -> None:
             f"{r['step_ms']:.1f} | {r['step_ms'] / result['fp32']['step_ms']:.2f}x |"
         )
     half = result["fp16"]["bytes_per_step"] * 2 == fp32 == 4 * result["parameters"]
-    print(f"\nfp16 moves exactly half the bytes of fp32 (4 bytes x every parameter): {half}")
+    print(f"\nfp16 moves exactly half the bytes of fp32 (fp32: 4 bytes x every parameter): {half}")
     write_benchmark_report(
         args.out / "allreduce.json",
         "allreduce",
