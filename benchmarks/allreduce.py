@@ -107,7 +107,7 @@ def main() -> None:
     write_benchmark_report(
         args.out / "allreduce.json",
         "allreduce",
-        args={k: str(v) for k, v in vars(args).items()},
+        args,
         results=result,
         fp16_is_half_of_fp32=half,
     )

@@ -236,9 +236,9 @@ def main() -> None:
     write_benchmark_report(
         args.out / "gpu.json",
         "gpu",
+        args,
         device=name,
         rows=rows,
-        args={k: str(v) for k, v in vars(args).items()},
     )
 
 

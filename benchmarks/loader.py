@@ -239,7 +239,7 @@ def main() -> None:
     write_benchmark_report(
         args.work / "loader.json",
         "loader",
-        args={k: str(v) for k, v in vars(args).items()},
+        args,
         results=results,
     )
 

@@ -152,6 +152,7 @@ def main() -> None:
     write_benchmark_report(
         args.work.parent / "preprocess.json",
         "preprocess",
+        args,
         images=images,
         ceiling_img_s=ceiling,
         seconds=seconds,

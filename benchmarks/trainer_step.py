@@ -223,7 +223,7 @@ def main() -> None:
     write_benchmark_report(
         args.out / "trainer_step.json",
         "trainer_step",
-        args={k: str(v) for k, v in vars(args).items()},
+        args,
         step_ms=steps,
         optimizer_ms=optim,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 from pathlib import Path
@@ -27,14 +28,18 @@ def machine_description() -> str:
     return f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, {gpu}"
 
 
-def write_benchmark_report(path: Path, benchmark: str, **fields: Any) -> None:
-    """`path` <- JSON of the benchmark's results with the machine and torch version it ran on."""
+def write_benchmark_report(
+    path: Path, benchmark: str, args: argparse.Namespace, **fields: Any
+) -> None:
+    """`path` <- JSON of the benchmark's results, with its arguments and the machine and torch
+    version it ran on."""
     import torch
 
     from pipeline import atomic
 
     report = {"benchmark": benchmark, "machine": machine_description()}
-    report |= {"torch": torch.__version__, **fields}
+    report |= {"torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}}
+    report |= fields
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, report)
     print(f"\nwrote {path}")
