@@ -8,6 +8,7 @@ allowed, so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import itertools
@@ -472,7 +473,7 @@ def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
     points = []
     for method, recipe in methods.items():
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
-            override = json.loads(json.dumps(recipe))
+            override = copy.deepcopy(recipe)
             parts = [config.experiment] + ([method] if method else [])
             for key, value in zip(keys, values, strict=True):
                 parts.append(f"{SWEEP_NAMES.get(key, key.rsplit('.', 1)[-1])}{value}")
@@ -487,7 +488,7 @@ def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _accumulate_for(config: Config, override: dict[str, Any], global_batch: Any) -> int:
-    merged = deep_merge(config.model_dump(mode="json"), json.loads(json.dumps(override)))
+    merged = deep_merge(config.model_dump(mode="json"), override)  # only the dump is changed
     per_step = merged["train"]["batch_per_worker"] * (
         merged["launcher"]["nodes"] * merged["launcher"]["tasks_per_node"]
     )

@@ -47,9 +47,9 @@ PAPER_TABLE = [
 ]
 
 
-def fetch_history(uri: str, run_id: str) -> tuple[list[dict[str, float]], dict[str, list]]:
-    """Per-epoch rows (one per epoch, every metric a column) and per-iteration series."""
-    client = mlflow_client(uri)
+def fetch_history(client: Any, run_id: str) -> tuple[list[dict[str, float]], dict[str, list]]:
+    """Per-epoch rows (one per epoch, every metric a column) and per-iteration series, read
+    through `client` (an MlflowClient)."""
     by_epoch: dict[int, dict[str, float]] = defaultdict(dict)
     for key in EPOCH_METRICS:
         for m in client.get_metric_history(run_id, key):
@@ -139,7 +139,7 @@ def build_summary(config: Config, rows: list[dict[str, float]], run: Any) -> dic
             sum(r.get("images_per_s", 0.0) for r in rows) / len(rows) if rows else math.nan
         ),
         "global_batch": config.global_batch,
-        "steps_per_epoch": int(run.data.tags.get("steps_per_epoch", 0)) or "",
+        "steps_per_epoch": int(tags.get("steps_per_epoch", 0)) or "",
         "world_size": world,
         "hardware": f"{device} x {world}",
         "method": config.method,
@@ -209,7 +209,7 @@ def run_report(config: Config) -> dict[str, Any]:
     with store_errors(uri, run_paths.journal):
         client = mlflow_client(uri)
         run = client.get_run(synced.run_id)
-        rows, series = fetch_history(uri, synced.run_id)
+        rows, series = fetch_history(client, synced.run_id)
     if not rows:
         raise PipelineError(
             f"MLflow run {synced.run_id} has no per-epoch metrics, nor has {run_paths.journal}: "

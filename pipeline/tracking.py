@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 SCOPE_PREFIX = {"epoch": "", "iteration": "iter/"}  # one MLflow key space per step kind
 MLFLOW_ENV = {
@@ -127,9 +127,8 @@ def store_errors(uri: str, journal: Path) -> Iterator[None]:
     try:
         yield
     except (MlflowException, RequestException, OSError) as err:
-        first_line = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
         raise TrackingStoreError(
-            f"MLflow at {uri} failed ({type(err).__name__}: {first_line}). Nothing is lost: "
+            f"MLflow at {uri} failed ({type(err).__name__}: {first_line(err)}). Nothing is lost: "
             f"{journal} holds every metric. Start the tracking server (or fix tracking.uri) "
             "and run this stage again."
         ) from err
@@ -248,7 +247,7 @@ class Tracker:
 
     def _fail(self, err: Exception) -> None:
         if self._failed is None:
-            self._failed = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            self._failed = f"{type(err).__name__}: {first_line(err, 200)}"
             print(
                 f"warning: MLflow at {self.uri} failed ({self._failed}); training goes on and "
                 f"every metric is kept in {self.journal.path}; run `python -m pipeline "

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
+from pipeline.errors import first_line
+
 MODE_NAMES = {"L": "grayscale", "1": "bilevel", "CMYK": "CMYK", "YCbCr": "YCbCr"}
 
 
@@ -57,7 +59,7 @@ def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             image.load()
         except Exception as err:  # OSError for truncation, others for broken streams
-            raise BadImage(f"JPEG does not decode: {_short(err)}") from None
+            raise BadImage(f"JPEG does not decode: {first_line(err)}") from None
         return Prepared(data, width, height, "kept")
 
     scale = max_side / max(width, height)
@@ -70,7 +72,7 @@ def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
     try:
         image.load()
     except Exception as err:  # OSError for truncation, SyntaxError/ValueError for corruption
-        raise BadImage(f"cannot decode {image.format}: {_short(err)}") from None
+        raise BadImage(f"cannot decode {image.format}: {first_line(err)}") from None
     rgb = to_rgb(image)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -104,8 +106,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return background
     # CMYK JPEGs from Adobe tools store inverted values; PIL's JPEG plugin undoes that itself.
     return image.convert("RGB")
-
-
-def _short(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -5,13 +5,10 @@ import re
 
 import pytest
 
-from conftest import PROJECT, planned_rules, run_snakemake, write_config
+from conftest import PROJECT, planned_rules, write_config
+from conftest import run_snakemake as snakemake
 from pipeline.config import load_config
 from pipeline.paths import DataPaths
-
-
-def snakemake(workdir, *args, check=True):
-    return run_snakemake(workdir, *args, check=check)
 
 
 def test_lint_is_clean(tmp_path):

@@ -17,8 +17,10 @@ from conftest import (
     free_port,
     mlflow_server,
     planned_rules,
-    run_snakemake,
     write_config,
+)
+from conftest import (
+    run_snakemake as snakemake,
 )
 from pipeline.config import expand_experiments, load_config
 from pipeline.paths import ComparisonPaths, ReportPaths, RunPaths
@@ -31,10 +33,6 @@ SMALL_RUN = {
     "launcher": {"cluster": "local", "tasks_per_node": 1, "cpus_per_task": 2, "poll_s": 1},
     "schedule": {"base_lr": 0.1},
 }
-
-
-def snakemake(workdir, *args, check=True):
-    return run_snakemake(workdir, *args, check=check)
 
 
 @pytest.fixture(scope="module")

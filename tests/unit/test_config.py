@@ -113,5 +113,6 @@ def test_shipped_configs_are_valid(path):
         return
     base = _overlay_base(path)
     merged = deep_merge(yaml.safe_load(base.read_text()), mapping)  # as Snakemake merges them
+    base_data = load_config(base).data
     for experiment in expand_experiments(config_from_mapping(merged, source=str(path))):
-        assert experiment.data == load_config(base).data  # an overlay reuses the base's shards
+        assert experiment.data == base_data  # an overlay reuses the base's shards
