@@ -6,7 +6,8 @@ Design choices, each measured in `benchmarks/loader.py`:
   and checks each row's crc32 as it reads it; a shard that disagrees with `index.json` is
   refused with an error naming it.
 * Workers return whole uint8 batches (channels-last, in shared memory): 4x fewer bytes through
-  the worker queue than float32, and normalisation happens on the device (`Normalizer`).
+  the worker queue than float32, and normalisation happens on the device (`Normalizer`). Each
+  worker reuses a few shared buffers once the consumer has dropped them (`batch_pool`).
 * Decoding is the hot spot. A crop that is downscaled at least 2x is decoded with Pillow's JPEG
   draft mode (libjpeg-turbo DCT scaling: 1/2, 1/4, 1/8 of the pixels); otherwise torchvision's
   libjpeg-turbo decoder, then one antialiased bilinear resize of the crop in uint8.
@@ -36,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipeline.config import DataConfig
+from pipeline.data.batch_pool import PooledBatch, SharedBatchPool, pooled_uint8_batch
 from pipeline.data.shards import ShardError, open_checked, row_checksum
 
 # Shard rows are read-only memory maps and Pillow's arrays read-only views; both are only read.
@@ -376,28 +378,23 @@ class ShardDataset(Dataset):
             )
         return jpeg, label
 
-    def __getitems__(self, keys: SampleKeys) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, keys: SampleKeys) -> tuple[torch.Tensor, torch.Tensor] | PooledBatch:
         size = self.transform.size
-        images = _uint8_batch(len(keys.indices), size)
+        shape = (len(keys.indices), size, size, 3)
+        if get_worker_info() is None:
+            images, slot = torch.empty(shape, dtype=torch.uint8), None
+        else:  # built in shared memory: handing it over costs no copy (as default_collate)
+            images, slot = pooled_uint8_batch(shape)
         labels = torch.empty(len(keys.indices), dtype=torch.int64)
         for k, index in enumerate(keys.indices):
             jpeg, labels[k] = self.read(index)
             self.transform(jpeg, keys.epoch, index, images[k])
-        return images.permute(0, 3, 1, 2), labels  # NCHW view of channels-last memory
+        nchw = images.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
+        return (nchw, labels) if slot is None else PooledBatch(nchw, labels, slot)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         images, labels = self.__getitems__(SampleKeys(0, [index]))
         return images[0], int(labels[0])
-
-
-def _uint8_batch(batch: int, size: int) -> torch.Tensor:
-    """An N x H x W x 3 uint8 buffer; in a worker it is allocated in shared memory directly,
-    so handing it to the main process costs no copy (as torch's default_collate does)."""
-    shape = (batch, size, size, 3)
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,12 +408,16 @@ def make_loader(
     pin_memory: bool = False,
     prefetch_batches: int = 4,
 ) -> DataLoader:
+    # A worker has at most `prefetch_batches` batches queued; the consumer holds about two more
+    # (the one in use, the one arriving). More in flight than that get fresh buffers.
+    pool = SharedBatchPool(workers, prefetch_batches + 2) if workers > 0 else None
     return DataLoader(
         dataset,
         batch_sampler=batch_sampler,
         num_workers=workers,
         collate_fn=_batch_as_is,
         pin_memory=pin_memory,
+        worker_init_fn=pool.attach if pool is not None else None,
         persistent_workers=workers > 0,
         prefetch_factor=prefetch_batches if workers > 0 else None,
     )

@@ -1,4 +1,5 @@
 import io
+import os
 import shutil
 
 import numpy as np
@@ -87,6 +88,40 @@ def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
         assert x0.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(x0, x1) and torch.equal(y0, y1)  # workers change nothing
         assert y0.tolist() == labels[keys.indices].tolist()
+
+
+def _shared_buffer(images: torch.Tensor) -> int:
+    """The inode of the shared-memory file a batch from a worker lives in."""
+    fd, _ = images.untyped_storage()._share_fd_cpu_()
+    return os.fstat(fd).st_ino
+
+
+def test_workers_reuse_their_buffers_once_the_consumer_drops_each_batch(shards):
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
+    sampler = TrainBatchSampler(len(dataset), 1, seed=0)
+    reference = list(make_loader(dataset, sampler, workers=0))
+    buffers = []
+    for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
+        assert torch.equal(images, reference[step][0]), step
+        buffers.append(_shared_buffer(images))
+    assert len(buffers) == 36
+    assert len(set(buffers)) <= 2 * (2 + 2)  # each worker's pool: 2 queued + 2
+
+
+def test_a_batch_the_consumer_still_holds_is_never_overwritten(shards):
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
+    sampler = TrainBatchSampler(len(dataset), 1, seed=0)
+    reference = list(make_loader(dataset, sampler, workers=0))
+    held, buffers = {}, []
+    for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
+        buffers.append(_shared_buffer(images))
+        if step % 4 == 0:
+            held[step] = images
+    assert len(held) == 9
+    for step, images in held.items():
+        assert torch.equal(images, reference[step][0]), f"held batch {step} was overwritten"
+        assert buffers[step] not in buffers[step + 1 :], f"held batch {step}'s buffer reused"
+    assert len(set(buffers)) < len(buffers)  # the batches not held did share buffers
 
 
 def test_images_keep_their_class_colour(shards):

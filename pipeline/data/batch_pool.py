@@ -1,0 +1,103 @@
+"""Shared-memory batch buffers that DataLoader workers reuse once the consumer is done.
+
+A worker that allocates a fresh shared-memory buffer for every batch pays for the kernel
+zero-filling its pages: 2.9 ms per 64 x 224 x 224 x 3 uint8 batch on the development VM,
+against 0.6 ms for private memory (`benchmarks/loader.py` measures the difference end to end).
+The pool lets each worker cycle through a few buffers instead, and never hands one out while
+the consuming process can still see it:
+
+* One shared int32 flag per buffer, created in the main process before the workers start:
+  1 while the buffer is out with the consumer, 0 when the worker may fill it again.
+* The worker sets the flag before it sends the batch. The batch travels as `PooledBatch`,
+  whose unpickling in the consumer attaches a finalizer to the batch's storage that clears the
+  flag when the last tensor viewing that storage is gone (a pinned or device copy is a
+  different storage, so the buffer is free as soon as it has been copied).
+* A worker with no free buffer allocates a fresh one, as before: a consumer that keeps batches
+  (a list of them, say) costs memory, never correctness.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+_pool_ids = itertools.count()
+# The consumer's pools by id, so that an unpickled batch finds the flag it must clear.
+_POOLS: weakref.WeakValueDictionary[int, SharedBatchPool] = weakref.WeakValueDictionary()
+_worker_pool: SharedBatchPool | None = None  # set in each worker by `SharedBatchPool.attach`
+
+
+class Slot(NamedTuple):
+    """Which flag a pooled buffer answers to."""
+
+    pool_id: int
+    index: int
+
+
+class SharedBatchPool:
+    def __init__(self, workers: int, buffers_per_worker: int) -> None:
+        self.id = next(_pool_ids)
+        self.buffers_per_worker = buffers_per_worker
+        self.flags = torch.zeros(workers * buffers_per_worker, dtype=torch.int32).share_memory_()
+        self._flags = self.flags.numpy()  # the same shared memory, cheap to index
+        self._worker_id = 0
+        self._buffers: dict[int, torch.UntypedStorage] = {}  # this worker's, by flag index
+        _POOLS[self.id] = self
+
+    def attach(self, worker_id: int) -> None:
+        """`worker_init_fn`: make this pool the one this worker process draws from."""
+        global _worker_pool
+        _worker_pool = self
+        self._worker_id = worker_id
+
+    def take(self, nbytes: int) -> tuple[torch.UntypedStorage, Slot | None]:
+        """A shared storage of at least `nbytes` and its slot (None: a fresh, unpooled one)."""
+        first = self._worker_id * self.buffers_per_worker
+        for index in range(first, first + self.buffers_per_worker):
+            if self._flags[index] == 0:
+                storage = self._buffers.get(index)
+                if storage is None or storage.nbytes() < nbytes:
+                    storage = torch.UntypedStorage._new_shared(nbytes)
+                    self._buffers[index] = storage
+                self._flags[index] = 1
+                return storage, Slot(self.id, index)
+        return torch.UntypedStorage._new_shared(nbytes), None
+
+    def release(self, index: int) -> None:
+        self._flags[index] = 0
+
+
+class PooledBatch:
+    """(images, labels) in a pooled buffer; arrives in the consumer as that plain tuple."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, slot: Slot) -> None:
+        self.images = images
+        self.labels = labels
+        self.slot = slot
+
+    def __reduce__(self):
+        return _received, (self.images, self.labels, self.slot)
+
+
+def _received(
+    images: torch.Tensor, labels: torch.Tensor, slot: Slot
+) -> tuple[torch.Tensor, torch.Tensor]:
+    pool = _POOLS.get(slot.pool_id)
+    if pool is not None:  # else the pool is gone and nobody will draw from that buffer again
+        weakref.finalize(images.untyped_storage(), pool.release, slot.index)
+    return images, labels
+
+
+def pooled_uint8_batch(shape: tuple[int, ...]) -> tuple[torch.Tensor, Slot | None]:
+    """An uninitialised uint8 tensor of `shape` in shared memory: from this worker's pool when
+    it has a free buffer (with its slot), else freshly allocated (slot None)."""
+    nbytes = int(np.prod(shape))
+    if _worker_pool is None:
+        storage, slot = torch.UntypedStorage._new_shared(nbytes), None
+    else:
+        storage, slot = _worker_pool.take(nbytes)
+    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, shape), slot
