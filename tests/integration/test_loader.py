@@ -141,12 +141,17 @@ def test_eval_loader_sees_every_val_image_once(shards):
     assert sorted(seen) == sorted(dataset.labels().tolist())
 
 
-def test_normalizer_matches_torchvision_normalize():
-    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
-    expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(images.float() / 255)
-    out = Normalizer(torch.device("cpu"), channels_last=True)(images)
-    assert torch.allclose(out, expected, atol=1e-5)
-    assert out.is_contiguous(memory_format=torch.channels_last)
+def test_normalizer_matches_torchvision_normalize_in_either_memory_format():
+    nhwc = torch.randint(0, 256, (2, 8, 8, 3), dtype=torch.uint8)
+    for images in (nhwc.permute(0, 3, 1, 2), nhwc.permute(0, 3, 1, 2).contiguous()):
+        expected = T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))(images.float() / 255)
+        for channels_last in (True, False):
+            before = images.clone()
+            out = Normalizer(torch.device("cpu"), channels_last=channels_last)(images)
+            assert torch.allclose(out, expected, atol=1e-5)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            assert out.is_contiguous(memory_format=fmt)
+            assert torch.equal(images, before)  # the batch itself is left alone
 
 
 def _copy_split(shards, tmp_path):
