@@ -5,9 +5,11 @@
   reference also a forced decode + re-encode of every image.
 * The stages in one process (`index`, then every shard one after another) and with 2 shard
   jobs in parallel, as images/s of the whole dataset.
-* Snakemake itself running the data rules with --cores 1 and --cores 2 (job start-up included).
+* Snakemake itself running the data rules with --cores 1 and --cores 2 (job start-up included),
+  and with --cores 1 on shards of ImageNet's size.
 
-Runs alternate between the variants (A B C D, twice); the table gives the median.
+Runs alternate between the variants (A B C D E, twice; the ceilings too); the table gives the
+median.
 
     python benchmarks/preprocess.py [--data ../shared/data/imagenette] [--repeats 2]
 """
@@ -35,8 +37,13 @@ from pipeline.data.images import prepare_image  # noqa: E402
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
 
+# Imagenette in 8 + 2 shards of ~1,300 images, or in 2 + 1 of ~4,500: about the ~5,000 images
+# of an ImageNet shard (`config/imagenet-*.yaml`), where a job's fixed cost weighs less.
+SMALL_SHARDS = {"train": 8, "val": 2}
+IMAGENET_SIZED_SHARDS = {"train": 2, "val": 1}
 
-def write_config(work: Path, data: Path, name: str) -> Path:
+
+def write_config(work: Path, data: Path, name: str, num_shards: dict[str, int]) -> Path:
     path = work / f"{name}.yaml"
     path.write_text(
         yaml.safe_dump(
@@ -47,7 +54,7 @@ def write_config(work: Path, data: Path, name: str) -> Path:
                     "name": "pre",
                     "root": str(data),
                     "layout": "folder",
-                    "num_shards": {"train": 8, "val": 2},
+                    "num_shards": num_shards,
                     "max_side": 500,
                 },
             }
@@ -74,7 +81,7 @@ def ceilings(data: Path, count: int) -> dict[str, float]:
 def in_process(work: Path, data: Path, jobs: int, tag: str) -> float:
     folder = work / tag
     shutil.rmtree(folder, ignore_errors=True)
-    config = load_config(write_config(work, data, tag))
+    config = load_config(write_config(work, data, tag, SMALL_SHARDS))
     start = time.perf_counter()
     run_index(config)
     run_all_shards(config, jobs=jobs)
@@ -83,11 +90,13 @@ def in_process(work: Path, data: Path, jobs: int, tag: str) -> float:
     return elapsed
 
 
-def with_snakemake(work: Path, data: Path, cores: int, tag: str) -> float:
+def with_snakemake(
+    work: Path, data: Path, cores: int, tag: str, num_shards: dict[str, int] = SMALL_SHARDS
+) -> float:
     folder = work / tag
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    config = write_config(work, data, tag)
+    config = write_config(work, data, tag, num_shards)
     snakemake = Path(sys.executable).parent / "snakemake"
     start = time.perf_counter()
     subprocess.run(
@@ -120,20 +129,29 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     images = len(list(args.data.glob("train/*/*"))) + len(list(args.data.glob("val/*/*")))
-    ceiling = ceilings(args.data, 1500)
 
+    # name: (parallel jobs, run); the ceilings are measured in every repeat as well
     variants = {
-        "stages, 1 process": lambda r: in_process(args.work, args.data, 1, f"p1-{r}"),
-        "stages, 2 shard jobs": lambda r: in_process(args.work, args.data, 2, f"p2-{r}"),
-        "snakemake --cores 1": lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}"),
-        "snakemake --cores 2": lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}"),
+        "stages, 1 process": (1, lambda r: in_process(args.work, args.data, 1, f"p1-{r}")),
+        "stages, 2 shard jobs": (2, lambda r: in_process(args.work, args.data, 2, f"p2-{r}")),
+        "snakemake --cores 1": (1, lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}")),
+        "snakemake --cores 2": (2, lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}")),
+        "snakemake --cores 1, ImageNet-sized shards": (
+            1,
+            lambda r: with_snakemake(
+                args.work, args.data, 1, f"s1-large-{r}", IMAGENET_SIZED_SHARDS
+            ),
+        ),
     }
+    ceiling_runs: list[dict[str, float]] = []
     seconds: dict[str, list[float]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
-        for name, run in variants.items():
+        ceiling_runs.append(ceilings(args.data, 1500))
+        for name, (_, run) in variants.items():
             seconds[name].append(run(repeat))
             print(f"  repeat {repeat + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
     rates = {k: images / statistics.median(v) for k, v in seconds.items()}
+    ceiling = {k: statistics.median(c[k] for c in ceiling_runs) for k in ceiling_runs[0]}
 
     per_core = ceiling["read_and_prepare"]
     print(f"\nPreprocessing {images:,} images ({args.data}), median of {args.repeats}")
@@ -144,7 +162,7 @@ def main() -> None:
     print("| variant | images/s | per job vs one-core ceiling | vs 1 job |")
     print("|---|---|---|---|")
     for name, rate in rates.items():
-        jobs = 2 if "2" in name else 1
+        jobs = variants[name][0]
         base = rates["snakemake --cores 1" if "snakemake" in name else "stages, 1 process"]
         print(
             f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % | {rate / base:.2f}x |"
