@@ -127,6 +127,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=PROJECT / "results" / "bench" / "preprocess")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
+    args.data = args.data.resolve()  # Snakemake runs in its own working folder
     args.work.mkdir(parents=True, exist_ok=True)
     images = len(list(args.data.glob("train/*/*"))) + len(list(args.data.glob("val/*/*")))
 

@@ -14,6 +14,9 @@ the consuming process can still see it:
   different storage, so the buffer is free as soon as it has been copied).
 * A worker with no free buffer allocates a fresh one, as before: a consumer that keeps batches
   (a list of them, say) costs memory, never correctness.
+
+The price: each worker keeps its buffers (in /dev/shm) while its DataLoader lives, up to
+`buffers_per_worker` batches, where fresh buffers lived only as long as the batch.
 """
 
 from __future__ import annotations
