@@ -51,6 +51,17 @@ class SharedBatchPool:
         self._buffers: dict[int, torch.UntypedStorage] = {}  # this worker's, by flag index
         _POOLS[self.id] = self
 
+    def __getstate__(self) -> dict:
+        # Sent to workers started with "spawn": the flags go as shared memory (torch's
+        # reductions), the numpy view of them and any buffers do not.
+        return {"id": self.id, "buffers_per_worker": self.buffers_per_worker, "flags": self.flags}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._flags = self.flags.numpy()
+        self._worker_id = 0
+        self._buffers = {}
+
     def attach(self, worker_id: int) -> None:
         """`worker_init_fn`: make this pool the one this worker process draws from."""
         global _worker_pool

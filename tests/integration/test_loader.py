@@ -1,6 +1,8 @@
 import io
 import os
+import pickle
 import shutil
+from multiprocessing.reduction import ForkingPickler
 
 import numpy as np
 import pytest
@@ -9,6 +11,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from conftest import build_shards, make_folder_dataset, write_config
+from pipeline.data import batch_pool
+from pipeline.data.batch_pool import SharedBatchPool, Slot
 from pipeline.data.loader import (
     EvalBatchSampler,
     Normalizer,
@@ -180,3 +184,16 @@ def test_a_truncated_shard_is_refused_naming_the_file(shards, tmp_path):
     shard.write_bytes(shard.read_bytes()[:-100])
     with pytest.raises(ShardError, match=rf"shard {shard} has \d+ bytes but index.json records"):
         ShardDataset(folder, ValTransform(32, 32))
+
+
+def test_a_pool_sent_to_a_spawned_worker_shares_its_flags(monkeypatch):
+    """Workers started with "spawn" get the pool pickled; the flags must stay shared."""
+    pool = SharedBatchPool(workers=2, buffers_per_worker=3)
+    copy = pickle.loads(ForkingPickler.dumps(pool))
+    monkeypatch.setattr(batch_pool, "_worker_pool", None)  # restored after the test
+    copy.attach(1)
+    _, slot = copy.take(16)
+    assert slot == Slot(pool.id, 3)  # worker 1's first buffer
+    assert pool.flags.tolist() == [0, 0, 0, 1, 0, 0]  # seen by the consumer's pool
+    pool.release(slot.index)
+    assert copy.take(16)[1] == slot  # and the release by the worker's copy
