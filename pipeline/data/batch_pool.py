@@ -42,6 +42,8 @@ class Slot(NamedTuple):
 
 
 class SharedBatchPool:
+    """The flags of one DataLoader's worker buffers and, in each worker, its own buffers."""
+
     def __init__(self, workers: int, buffers_per_worker: int) -> None:
         self.id = next(_pool_ids)
         self.buffers_per_worker = buffers_per_worker
