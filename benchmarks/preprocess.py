@@ -38,7 +38,8 @@ from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
 
 # Imagenette in 8 + 2 shards of ~1,300 images, or in 2 + 1 of ~4,500: about the ~5,000 images
-# of an ImageNet shard (`config/imagenet-*.yaml`), where a job's fixed cost weighs less.
+# of an ImageNet shard (`config/experiments/imagenet-akiba-32k.yaml`), where a job's fixed cost
+# weighs less.
 SMALL_SHARDS = {"train": 8, "val": 2}
 IMAGENET_SIZED_SHARDS = {"train": 2, "val": 1}
 

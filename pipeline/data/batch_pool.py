@@ -2,7 +2,7 @@
 
 A worker that allocates a fresh shared-memory buffer for every batch pays for the kernel
 zero-filling its pages: 2.9 ms per 64 x 224 x 224 x 3 uint8 batch on the development VM,
-against 0.6 ms for private memory (`benchmarks/loader.py` measures the difference end to end).
+against 0.6 ms for private memory (before and after: docs/performance.md, loader section).
 The pool lets each worker cycle through a few buffers instead, and never hands one out while
 the consuming process can still see it:
 
@@ -22,10 +22,10 @@ The price: each worker keeps its buffers (in /dev/shm) while its DataLoader live
 from __future__ import annotations
 
 import itertools
+import math
 import weakref
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 _pool_ids = itertools.count()
@@ -111,7 +111,7 @@ def _received(
 def pooled_uint8_batch(shape: tuple[int, ...]) -> tuple[torch.Tensor, Slot | None]:
     """An uninitialised uint8 tensor of `shape` in shared memory: from this worker's pool when
     it has a free buffer (with its slot), else freshly allocated (slot None)."""
-    nbytes = int(np.prod(shape))
+    nbytes = math.prod(shape)
     if _worker_pool is None:
         storage, slot = torch.UntypedStorage._new_shared(nbytes), None
     else:
