@@ -6,9 +6,9 @@
 * The stages in one process (`index`, then every shard one after another) and with 2 shard
   jobs in parallel, as images/s of the whole dataset.
 * Snakemake itself running the data rules with --cores 1 and --cores 2 (job start-up included),
-  and with --cores 1 on shards of ImageNet's size.
+  on small shards and on shards of ImageNet's size.
 
-Runs alternate between the variants (A B C D E, twice; the ceilings too); the table gives the
+Runs alternate between the variants (A B C D E F, twice; the ceilings too); the table gives the
 median.
 
     python benchmarks/preprocess.py [--data ../shared/data/imagenette] [--repeats 2]
@@ -39,9 +39,10 @@ from pipeline.hardware import write_benchmark_report  # noqa: E402
 
 # Imagenette in 8 + 2 shards of ~1,300 images, or in 2 + 1 of ~4,500: about the ~5,000 images
 # of an ImageNet shard (`config/experiments/imagenet-akiba-32k.yaml`), where a job's fixed cost
-# weighs less.
+# weighs less. For two jobs at once, 2 + 2 (4,735 and 1,962 images), so the jobs pair up.
 SMALL_SHARDS = {"train": 8, "val": 2}
 IMAGENET_SIZED_SHARDS = {"train": 2, "val": 1}
+IMAGENET_SIZED_PAIRS = {"train": 2, "val": 2}
 
 
 def write_config(work: Path, data: Path, name: str, num_shards: dict[str, int]) -> Path:
@@ -122,6 +123,15 @@ def with_snakemake(
     return elapsed
 
 
+def one_job(variant: str) -> str:
+    """The one-job variant that `variant`'s scaling is measured against."""
+    if "snakemake" not in variant:
+        return "stages, 1 process"
+    if "ImageNet-sized" in variant:
+        return "snakemake --cores 1, ImageNet-sized shards"
+    return "snakemake --cores 1"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared/data/imagenette")
@@ -144,6 +154,12 @@ def main() -> None:
                 args.work, args.data, 1, f"s1-large-{r}", IMAGENET_SIZED_SHARDS
             ),
         ),
+        "snakemake --cores 2, ImageNet-sized shards": (
+            2,
+            lambda r: with_snakemake(
+                args.work, args.data, 2, f"s2-large-{r}", IMAGENET_SIZED_PAIRS
+            ),
+        ),
     }
     ceiling_runs: list[dict[str, float]] = []
     seconds: dict[str, list[float]] = {k: [] for k in variants}
@@ -161,13 +177,17 @@ def main() -> None:
         f"Ceiling on one core: read + prepare_image {per_core:.0f} img/s; forced decode + "
         f"re-encode of every image {ceiling['decode_and_reencode']:.0f} img/s"
     )
-    print("| variant | images/s | per job vs one-core ceiling | vs 1 job |")
-    print("|---|---|---|---|")
+    reencode = ceiling["decode_and_reencode"]
+    print(
+        "| variant | images/s | per job vs read + prepare_image | per job vs decode + re-encode "
+        "| vs 1 job |"
+    )
+    print("|---|---|---|---|---|")
     for name, rate in rates.items():
         jobs = variants[name][0]
-        base = rates["snakemake --cores 1" if "snakemake" in name else "stages, 1 process"]
         print(
-            f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % | {rate / base:.2f}x |"
+            f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % "
+            f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[one_job(name)]:.2f}x |"
         )
     write_benchmark_report(
         args.work.parent / "preprocess.json",

@@ -145,9 +145,13 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
         "ours_rmsprop_phase": ours(args, env, batches, tracker, alpha=0.5)[1],
         "ours_sgd_phase": ours(args, env, batches, tracker, alpha=1.0)[1],
     }
-    for _ in range(args.repeats):  # interleaved: A B C A B C ...
-        for name, run in runners.items():
-            results[name].append(timed(run, args.steps))
+    names = list(runners)
+    for repeat in range(args.repeats):
+        # Interleaved, and the order rotates (A B C, B C A, C A B, ...) so that whatever running
+        # first or after a given variant costs is spread over all three.
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            results[name].append(timed(runners[name], args.steps))
     if tracker is not None:
         tracker.close()
         (out / f"world{world}.json").write_text(json.dumps(results))
