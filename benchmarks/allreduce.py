@@ -27,7 +27,8 @@ sys.path.insert(0, str(PROJECT))
 
 from pipeline.config import ModelConfig  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
-from pipeline.train.distributed import DistEnv, free_port, wrap_ddp  # noqa: E402
+from pipeline.ports import free_port  # noqa: E402
+from pipeline.train.distributed import DistEnv, wrap_ddp  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402
 
 DTYPES = ("fp32", "fp16", "bf16")

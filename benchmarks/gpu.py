@@ -44,7 +44,8 @@ from pipeline.data.loader import (  # noqa: E402
 )
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
-from pipeline.train.distributed import AllReduceState, allreduce_hook, free_port  # noqa: E402
+from pipeline.ports import free_port  # noqa: E402
+from pipeline.train.distributed import AllReduceState, allreduce_hook  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
 from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402

@@ -35,8 +35,9 @@ sys.path.insert(0, str(PROJECT))
 from pipeline.config import ModelConfig  # noqa: E402
 from pipeline.data.loader import Normalizer  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
+from pipeline.ports import free_port  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
-from pipeline.train.distributed import DistEnv, all_reduce_sum, free_port, wrap_ddp  # noqa: E402
+from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
 from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402

@@ -14,6 +14,7 @@ over to submitit, which resubmits the same callable; the new job resumes from th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -22,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from pipeline.config import Config, training_fingerprint
 from pipeline.errors import PipelineError
 from pipeline.hardware import cpu_name
 from pipeline.paths import SPLITS, DataPaths, RunPaths
+from pipeline.ports import free_port
 from pipeline.train import checkpoint
 
 ALIVE_SLURM_STATES = {
@@ -318,6 +321,26 @@ def wait_for(job: submitit.Job, config: Config, folder: Path, attached: bool) ->
         raise TrainFailed(f"{_failure_report(job, state, folder)}\n{err}") from None
 
 
+@contextlib.contextmanager
+def _local_master_port(config: Config) -> Iterator[None]:
+    """For a local job, MASTER_PORT = a port that is free now, in this process's environment
+    while submitit starts the job (its tasks inherit it). Otherwise submitit draws one from
+    20000-60000 without checking it, and that range overlaps the ephemeral ports that outgoing
+    connections get. Not for Slurm: the job would inherit a port checked on the wrong host."""
+    if config.launcher.cluster != "local":
+        yield
+        return
+    before = os.environ.get("MASTER_PORT")
+    os.environ["MASTER_PORT"] = str(free_port())
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["MASTER_PORT"]
+        else:
+            os.environ["MASTER_PORT"] = before
+
+
 def _reattach(run: RunPaths, config: Config, fingerprint: str) -> submitit.Job | None:
     if not run.job.is_file():
         return None
@@ -371,7 +394,8 @@ def run_train(config: Config, fresh: bool = False) -> dict[str, Any]:
             "global_batch": str(config.global_batch),
         }
         executor = make_executor(config, run.submitit)
-        job = executor.submit(TrainJob(config.model_dump(mode="json"), fingerprint, tags))
+        with _local_master_port(config):
+            job = executor.submit(TrainJob(config.model_dump(mode="json"), fingerprint, tags))
         atomic.write_json(
             run.job,
             {

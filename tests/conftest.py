@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.config import deep_merge
-from pipeline.train.distributed import free_port  # noqa: F401 - tests import it from here
+from pipeline.ports import free_port  # noqa: F401 - tests import it from here
 
 PROJECT = Path(__file__).resolve().parent.parent
 # Real ImageNet-derived images; never copied into the project (see ../shared/data/README.md).

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+
+from pipeline.ports import free_port
 
 ALLREDUCE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -28,13 +29,6 @@ class DistEnv:
         return self.rank == 0
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def init_distributed(use_gpu: bool, timeout_min: float = 30.0) -> DistEnv:
     """Join (or create) the process group, wherever the process was started from:
 
@@ -48,7 +42,11 @@ def init_distributed(use_gpu: bool, timeout_min: float = 30.0) -> DistEnv:
         if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
             import submitit
 
-            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            # overwrite: a local job's MASTER_PORT was set at submission (launch.py); submitit
+            # reads it, and would otherwise refuse to export over it
+            submitit.helpers.TorchDistributedEnvironment().export(
+                set_cuda_visible_devices=False, overwrite=True
+            )
         else:
             os.environ.update(
                 RANK="0",
