@@ -123,15 +123,6 @@ def with_snakemake(
     return elapsed
 
 
-def one_job(variant: str) -> str:
-    """The one-job variant that `variant`'s scaling is measured against."""
-    if "snakemake" not in variant:
-        return "stages, 1 process"
-    if "ImageNet-sized" in variant:
-        return "snakemake --cores 1, ImageNet-sized shards"
-    return "snakemake --cores 1"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=PROJECT.parent / "shared/data/imagenette")
@@ -142,20 +133,33 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     images = len(list(args.data.glob("train/*/*"))) + len(list(args.data.glob("val/*/*")))
 
-    # name: (parallel jobs, run); the ceilings are measured in every repeat as well
+    # name: (parallel jobs, the one-job variant it scales from, run); the ceilings are measured
+    # in every repeat as well
+    single = "stages, 1 process"
+    one, large = "snakemake --cores 1", "snakemake --cores 1, ImageNet-sized shards"
     variants = {
-        "stages, 1 process": (1, lambda r: in_process(args.work, args.data, 1, f"p1-{r}")),
-        "stages, 2 shard jobs": (2, lambda r: in_process(args.work, args.data, 2, f"p2-{r}")),
-        "snakemake --cores 1": (1, lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}")),
-        "snakemake --cores 2": (2, lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}")),
-        "snakemake --cores 1, ImageNet-sized shards": (
+        single: (1, single, lambda r: in_process(args.work, args.data, 1, f"p1-{r}")),
+        "stages, 2 shard jobs": (
+            2,
+            single,
+            lambda r: in_process(args.work, args.data, 2, f"p2-{r}"),
+        ),
+        one: (1, one, lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}")),
+        "snakemake --cores 2": (
+            2,
+            one,
+            lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}"),
+        ),
+        large: (
             1,
+            large,
             lambda r: with_snakemake(
                 args.work, args.data, 1, f"s1-large-{r}", IMAGENET_SIZED_SHARDS
             ),
         ),
         "snakemake --cores 2, ImageNet-sized shards": (
             2,
+            large,
             lambda r: with_snakemake(
                 args.work, args.data, 2, f"s2-large-{r}", IMAGENET_SIZED_PAIRS
             ),
@@ -165,7 +169,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         ceiling_runs.append(ceilings(args.data, 1500))
-        for name, (_, run) in variants.items():
+        for name, (_, _, run) in variants.items():
             seconds[name].append(run(repeat))
             print(f"  repeat {repeat + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
     rates = {k: images / statistics.median(v) for k, v in seconds.items()}
@@ -184,10 +188,10 @@ def main() -> None:
     )
     print("|---|---|---|---|---|")
     for name, rate in rates.items():
-        jobs = variants[name][0]
+        jobs, baseline, _ = variants[name]
         print(
             f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % "
-            f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[one_job(name)]:.2f}x |"
+            f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[baseline]:.2f}x |"
         )
     write_benchmark_report(
         args.work.parent / "preprocess.json",
