@@ -40,7 +40,22 @@ def test_data_rules_run_and_one_shard_can_be_rebuilt_alone(tmp_path, imagenette_
     verified = json.loads(paths.verified.read_text())
     assert verified["splits"]["train"] == {"num_shards": 2, "rows": 200, "quarantined": 0}
     assert verified["splits"]["val"] == {"num_shards": 1, "rows": 100, "quarantined": 0}
-    assert (paths.root.parent.parent / "logs" / "shard" / "train-00001-of-00002.log").is_file()
+    logs = paths.root.parent.parent / "logs"
+    assert (logs / "shard" / "train-00001-of-00002.log").is_file()
+    # Every data job left its wall time and peak memory beside its log (to size Slurm jobs).
+    timed = sorted(str(p.relative_to(logs)) for p in logs.rglob("*.benchmark.tsv"))
+    assert timed == [
+        "index.benchmark.tsv",
+        "shard/train-00000-of-00002.benchmark.tsv",
+        "shard/train-00001-of-00002.benchmark.tsv",
+        "shard/val-00000-of-00001.benchmark.tsv",
+        "shard_index.benchmark.tsv",
+        "verify.benchmark.tsv",
+    ]
+    header, values = (logs / "shard/train-00000-of-00002.benchmark.tsv").read_text().split("\n")[:2]
+    job = dict(zip(header.split("\t"), values.split("\t"), strict=True))
+    # Memory is sampled (every 0.5 s at first): a job quicker than the first sample reads NA.
+    assert float(job["s"]) > 0 and (job["max_rss"] == "NA" or float(job["max_rss"]) > 0)
 
     # Nothing to do on a second run.
     assert (

@@ -1,4 +1,6 @@
 # Data stages: demo-data -> index -> shard (one job per shard) -> shard_index -> verify.
+# Each job's `benchmark:` file beside its log holds its wall time and its CPU time and peak
+# memory (Snakemake samples them), which is what sizing `runtime` and `mem_mb` on Slurm needs.
 
 
 rule demo_data:
@@ -9,6 +11,8 @@ rule demo_data:
         fingerprint=fingerprint("data.demo", "data.root", "data.shuffle_seed"),
     log:
         LOGS / "demo_data.log",
+    benchmark:
+        LOGS / "demo_data.benchmark.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -28,6 +32,8 @@ rule index:
         fingerprint=fingerprint("data.root", "data.layout", "data.classes_file"),
     log:
         LOGS / "index.log",
+    benchmark:
+        LOGS / "index.benchmark.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -52,6 +58,8 @@ rule shard:
         runtime=120,
     log:
         LOGS / "shard" / f"{SHARD_STEM}.log",
+    benchmark:
+        LOGS / "shard" / f"{SHARD_STEM}.benchmark.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -71,6 +79,8 @@ rule shard_index:
         config=CONFIG_FILE,
     log:
         LOGS / "shard_index.log",
+    benchmark:
+        LOGS / "shard_index.benchmark.tsv"
     conda:
         CONDA_ENV
     shell:
@@ -87,6 +97,8 @@ rule verify:
         config=CONFIG_FILE,
     log:
         LOGS / "verify.log",
+    benchmark:
+        LOGS / "verify.benchmark.tsv"
     conda:
         CONDA_ENV
     shell:
