@@ -6,7 +6,10 @@
 * The stages in one process (`index`, then every shard one after another) and with 2 shard
   jobs in parallel, as images/s of the whole dataset.
 * Snakemake itself running the data rules with --cores 1 and --cores 2 (job start-up included),
-  on small shards and on shards of ImageNet's size.
+  on small shards and on shards of ImageNet's size. From the `benchmark:` file Snakemake writes
+  for each job, a second table splits that wall time: the shard jobs' own rate (process start-up
+  included, and the stage alone from the shard's stats), the index and shard_index jobs, and how
+  busy the cores were (the jobs' summed wall time over cores x wall time).
 
 Runs alternate between the variants (A B C D E F, twice; the ceilings too); the table gives the
 median.
@@ -17,7 +20,9 @@ median.
 from __future__ import annotations
 
 import argparse
+import csv
 import io
+import json
 import os
 import shutil
 import statistics
@@ -80,7 +85,7 @@ def ceilings(data: Path, count: int) -> dict[str, float]:
     return {"read_and_prepare": prepare_rate, "decode_and_reencode": reencode_rate}
 
 
-def in_process(work: Path, data: Path, jobs: int, tag: str) -> float:
+def in_process(work: Path, data: Path, jobs: int, tag: str) -> dict[str, float]:
     folder = work / tag
     shutil.rmtree(folder, ignore_errors=True)
     config = load_config(write_config(work, data, tag, SMALL_SHARDS))
@@ -89,12 +94,44 @@ def in_process(work: Path, data: Path, jobs: int, tag: str) -> float:
     run_all_shards(config, jobs=jobs)
     elapsed = time.perf_counter() - start
     shutil.rmtree(folder, ignore_errors=True)
-    return elapsed
+    return {"wall_s": elapsed}
+
+
+def job_seconds(results: Path) -> dict[str, float]:
+    """Wall seconds of each data job (process start to exit) from the `benchmark:` file that
+    Snakemake writes beside its log, keyed by the log's name (`index`, `shard/train-00000-...`)."""
+    seconds = {}
+    for tsv in sorted((results / "logs").rglob("*.benchmark.tsv")):
+        with tsv.open() as f:
+            row = next(csv.DictReader(f, delimiter="\t"))
+        name = str(tsv.relative_to(results / "logs")).removesuffix(".benchmark.tsv")
+        seconds[name] = float(row["s"])
+    return seconds
+
+
+def snakemake_breakdown(results: Path, elapsed: float, cores: int) -> dict[str, float]:
+    """Where one Snakemake run's wall time went, from its jobs' benchmark files and the shard
+    stats (`seconds`: the shard stage alone, without the job's Python start-up)."""
+    jobs = job_seconds(results)
+    shards = {k: v for k, v in jobs.items() if k.startswith("shard/")}
+    stats = [json.loads(p.read_text()) for p in sorted(results.glob("data/*/shards/*/*-of-*.json"))]
+    if len(stats) != len(shards):
+        raise RuntimeError(f"{results}: {len(shards)} shard jobs timed, {len(stats)} shard stats")
+    images = sum(s["manifest_rows"] for s in stats)
+    return {
+        "wall_s": elapsed,
+        "index_s": jobs["index"],
+        "shard_jobs_s": sum(shards.values()),
+        "shard_index_s": jobs["shard_index"],
+        "shard_job_img_s": images / sum(shards.values()),
+        "shard_stage_img_s": images / sum(s["seconds"] for s in stats),
+        "cores_busy": sum(jobs.values()) / (cores * elapsed),
+    }
 
 
 def with_snakemake(
     work: Path, data: Path, cores: int, tag: str, num_shards: dict[str, int] = SMALL_SHARDS
-) -> float:
+) -> dict[str, float]:
     folder = work / tag
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -118,9 +155,9 @@ def with_snakemake(
         capture_output=True,
         env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
     )
-    elapsed = time.perf_counter() - start
+    breakdown = snakemake_breakdown(folder, time.perf_counter() - start, cores)
     shutil.rmtree(folder, ignore_errors=True)
-    return elapsed
+    return breakdown
 
 
 def main() -> None:
@@ -166,13 +203,14 @@ def main() -> None:
         ),
     }
     ceiling_runs: list[dict[str, float]] = []
-    seconds: dict[str, list[float]] = {k: [] for k in variants}
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         ceiling_runs.append(ceilings(args.data, 1500))
         for name, (_, _, run) in variants.items():
-            seconds[name].append(run(repeat))
-            print(f"  repeat {repeat + 1}: {name}: {seconds[name][-1]:.1f} s", flush=True)
-    rates = {k: images / statistics.median(v) for k, v in seconds.items()}
+            runs[name].append(run(repeat))
+            print(f"  repeat {repeat + 1}: {name}: {runs[name][-1]['wall_s']:.1f} s", flush=True)
+    median = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
+    rates = {k: images / m["wall_s"] for k, m in median.items()}
     ceiling = {k: statistics.median(c[k] for c in ceiling_runs) for k in ceiling_runs[0]}
 
     per_core = ceiling["read_and_prepare"]
@@ -193,13 +231,32 @@ def main() -> None:
             f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % "
             f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[baseline]:.2f}x |"
         )
+    print(
+        "\nInside the Snakemake runs (each job's wall time from its benchmark file; a shard job's "
+        "rate includes its process start-up, the stage's alone does not)"
+    )
+    print(
+        "| variant | wall s | index job s | shard jobs s (sum) | shard_index job s "
+        "| shard job img/s | vs prepare_image | vs re-encode | shard stage img/s | cores busy |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, m in median.items():
+        if "shard_job_img_s" not in m:
+            continue
+        print(
+            f"| {name} | {m['wall_s']:.1f} | {m['index_s']:.2f} | {m['shard_jobs_s']:.2f} "
+            f"| {m['shard_index_s']:.2f} | {m['shard_job_img_s']:.0f} "
+            f"| {100 * m['shard_job_img_s'] / per_core:.0f} % "
+            f"| {100 * m['shard_job_img_s'] / reencode:.0f} % | {m['shard_stage_img_s']:.0f} "
+            f"| {100 * m['cores_busy']:.0f} % |"
+        )
     write_benchmark_report(
         args.work.parent / "preprocess.json",
         "preprocess",
         args,
         images=images,
         ceiling_img_s=ceiling,
-        seconds=seconds,
+        runs=runs,
         images_per_s=rates,
     )
 
