@@ -8,6 +8,7 @@ a small all-reduce and a journal/MLflow record every `log_every` steps). The pla
 `torch.optim.SGD(momentum=0.9)`, DDP without a hook (2 processes) or the bare model (1), inputs
 already normalised. Each measurement alternates A B A B; the table gives the median ms/step and
 the ratio. Also: the optimizer step alone against torch.optim.SGD and torch.optim.RMSprop.
+Every process keeps its freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 12]
 """
@@ -38,6 +39,7 @@ from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402
+from pipeline.train.host_memory import retain_freed_memory  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
 from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
@@ -125,6 +127,7 @@ def timed(run, steps: int, warmup: int = 2) -> float:
 def worker(rank: int, world: int, args, port: int, out: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    retain_freed_memory()  # as a CPU training job does; both loops run in this process
     dist.init_process_group("gloo", rank=rank, world_size=world)
     env = DistEnv(rank, world, rank, torch.device("cpu"), "gloo")
     batches = make_batches(args, rank)
@@ -161,6 +164,7 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
 
 def optimizer_only(args) -> dict[str, float]:
     torch.set_num_threads(os.cpu_count() or 1)
+    retain_freed_memory()
     model = torchvision.models.get_model(args.arch, num_classes=1000)
     params = list(model.parameters())
     for p in params:

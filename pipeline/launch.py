@@ -129,6 +129,7 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         from pipeline.tracking import Journal, Tracker, flatten
         from pipeline.train.distributed import init_distributed, shutdown_distributed
+        from pipeline.train.host_memory import retain_freed_memory
         from pipeline.train.loop import Preempted, StopFlag, Trainer
 
         config = Config.model_validate(self.config)
@@ -139,6 +140,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         env = init_distributed(use_gpu=config.launcher.gpus_per_node > 0)
         if env.device.type == "cpu":
             torch.set_num_threads(config.launcher.cpus_per_task)
+            retain_freed_memory()  # no page faults for the same buffers every step
         trainer = Trainer(config, env, self.fingerprint, stop)
         tracker = None
         if env.is_main:
