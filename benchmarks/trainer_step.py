@@ -7,7 +7,9 @@ normalisation, the accumulation machinery, and tracking at the default interval 
 a small all-reduce and a journal/MLflow record every `log_every` steps). The plain loop is
 `torch.optim.SGD(momentum=0.9)`, DDP without a hook (2 processes) or the bare model (1), inputs
 already normalised. Each measurement alternates A B A B; the table gives the median ms/step and
-the ratio. Also: the optimizer step alone against torch.optim.SGD and torch.optim.RMSprop.
+the ratio. Ours runs twice: with the default optimizer update and with
+`train.compile_optimizer` (the update fused by torch.compile). Also: the optimizer step alone
+against torch.optim.SGD and torch.optim.RMSprop.
 Every process keeps its freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 12]
@@ -45,6 +47,19 @@ from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
 
 LOG_EVERY = 10  # the TrainConfig default
+# Our step's variants: (alpha_sgd, compiled optimizer update), and how the table names them.
+VARIANTS = {
+    "ours_rmsprop_phase": (0.5, False),
+    "ours_sgd_phase": (1.0, False),
+    "ours_compiled_rmsprop_phase": (0.5, True),
+    "ours_compiled_sgd_phase": (1.0, True),
+}
+VARIANT_NAMES = {
+    "ours_rmsprop_phase": "ours, RMSprop phase",
+    "ours_sgd_phase": "ours, SGD phase",
+    "ours_compiled_rmsprop_phase": "ours, RMSprop phase, compiled update",
+    "ours_compiled_sgd_phase": "ours, SGD phase, compiled update",
+}
 
 
 def make_batches(args, rank: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -62,11 +77,13 @@ def make_batches(args, rank: int, count: int = 4) -> list[tuple[torch.Tensor, to
     ]
 
 
-def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float):
+def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float, compiled: bool):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=args.arch), 1000)
     wrapped, _ = wrap_ddp(model, env, "fp16")
-    optimizer = HybridRMSpropSGD(param_groups(model, 1e-4), lr=0.1, alpha_sgd=alpha)
+    optimizer = HybridRMSpropSGD(
+        param_groups(model, 1e-4), lr=0.1, alpha_sgd=alpha, compiled=compiled
+    )
     step = TrainStep(model, wrapped, optimizer, Normalizer(env.device), env.device)
     sums = torch.zeros(3, dtype=torch.float64)
     losses: list[torch.Tensor] = []
@@ -143,16 +160,15 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
             {},
             None,
         )
-    results: dict[str, list[float]] = {"plain": [], "ours_rmsprop_phase": [], "ours_sgd_phase": []}
-    runners = {
-        "plain": plain(args, env, batches)[1],
-        "ours_rmsprop_phase": ours(args, env, batches, tracker, alpha=0.5)[1],
-        "ours_sgd_phase": ours(args, env, batches, tracker, alpha=1.0)[1],
-    }
+    runners = {"plain": plain(args, env, batches)[1]}
+    for name, (alpha, compiled) in VARIANTS.items():
+        runners[name] = ours(args, env, batches, tracker, alpha, compiled)[1]
+    results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for repeat in range(args.repeats):
         # Interleaved, and the order rotates (A B C, B C A, C A B, ...) so that whatever running
-        # first or after a given variant costs is spread over all three.
+        # first or after a given variant costs is spread over all of them. The compiled
+        # variants compile in their first warm-up step, outside the timed steps.
         shift = repeat % len(names)
         for name in names[shift:] + names[:shift]:
             results[name].append(timed(runners[name], args.steps))
@@ -172,10 +188,17 @@ def optimizer_only(args) -> dict[str, float]:
     candidates = {
         "hybrid (alpha_sgd 0.5)": HybridRMSpropSGD(params, lr=0.1, alpha_sgd=0.5),
         "hybrid (SGD phase, m skipped)": HybridRMSpropSGD(params, lr=0.1, alpha_sgd=1.0),
+        "hybrid compiled (alpha_sgd 0.5)": HybridRMSpropSGD(
+            params, lr=0.1, alpha_sgd=0.5, compiled=True
+        ),
+        "hybrid compiled (SGD phase)": HybridRMSpropSGD(
+            params, lr=0.1, alpha_sgd=1.0, compiled=True
+        ),
         "torch.optim.SGD momentum": torch.optim.SGD(params, lr=0.1, momentum=0.9),
         "torch.optim.RMSprop momentum": torch.optim.RMSprop(params, lr=3e-4, momentum=0.9),
     }
-    candidates["hybrid (SGD phase, m skipped)"].param_groups[0]["track_square_avg"] = False
+    for name in ("hybrid (SGD phase, m skipped)", "hybrid compiled (SGD phase)"):
+        candidates[name].param_groups[0]["track_square_avg"] = False
     times: dict[str, list[float]] = {k: [] for k in candidates}
     for _ in range(args.repeats):
         for name, opt in candidates.items():
@@ -208,7 +231,7 @@ def main() -> None:
         steps[world]["spread"] = {k: [min(v), max(v)] for k, v in raw.items()}
         # Each repeat times plain and ours back to back: the ratio within a repeat cancels
         # the machine's drift, so the table reports the median of those paired ratios.
-        for phase in ("ours_rmsprop_phase", "ours_sgd_phase"):
+        for phase in VARIANTS:
             paired = [o / p for o, p in zip(raw[phase], raw["plain"], strict=True)]
             steps[world][f"{phase}_ratio"] = statistics.median(paired)
             steps[world][f"{phase}_ratio_spread"] = [min(paired), max(paired)]
@@ -219,14 +242,14 @@ def main() -> None:
         f"{args.steps} steps x {args.repeats} interleaved repeats: median ms/step, and the "
         "median (min-max) of the per-repeat ratios to the plain loop"
     )
-    print("| processes | plain loop | ours, RMSprop phase | ratio | ours, SGD phase | ratio |")
-    print("|---|---|---|---|---|---|")
+    print("| processes | step | ms/step | vs the plain loop |")
+    print("|---|---|---|---|")
     for world, s in steps.items():
-        cells = [f"{s['plain']:.1f}"]
-        for phase in ("ours_rmsprop_phase", "ours_sgd_phase"):
+        print(f"| {world} | plain loop (torch.optim.SGD) | {s['plain']:.1f} | |")
+        for phase, name in VARIANT_NAMES.items():
             low, high = s[f"{phase}_ratio_spread"]
-            cells += [f"{s[phase]:.1f}", f"{s[f'{phase}_ratio']:.3f}x ({low:.3f}-{high:.3f})"]
-        print(f"| {world} | " + " | ".join(cells) + " |")
+            ratio = f"{s[f'{phase}_ratio']:.3f}x ({low:.3f}-{high:.3f})"
+            print(f"| {world} | {name} | {s[phase]:.1f} | {ratio} |")
     n_params = sum(p.numel() for p in torchvision.models.get_model(args.arch).parameters())
     print(f"\nOptimizer step alone, {args.arch} ({n_params / 1e6:.1f} M parameters), ms")
     print("| optimizer | ms/step | vs torch.optim.SGD |")

@@ -146,6 +146,7 @@ class Trainer:
             momentum=o.momentum,
             rms_decay=o.rms_decay,
             eps=o.eps,
+            compiled=t.compile_optimizer,
         )
         self.run_id: str | None = None
         if loaded is not None:

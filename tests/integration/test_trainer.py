@@ -96,6 +96,32 @@ def test_accumulate_2_on_1_process_equals_2_processes(data_config):
     assert any(not torch.allclose(initial[n], a[n]) for n in a if a[n].is_floating_point())
 
 
+@pytest.mark.slow
+def test_the_compiled_optimizer_trains_as_the_plain_one(data_config):
+    """train.compile_optimizer reaches the optimizer, leaves the fingerprint alone (a run may
+    resume with either), and trains to the same weights up to rounding, which the RMSprop
+    phase's division by sqrt(m) carries on from step to step."""
+    plain = experiment(data_config, "eager", train={"epochs": 2})
+    compiled = experiment(data_config, "compiled", train={"epochs": 2, "compile_optimizer": True})
+    assert run_fingerprint(plain) == run_fingerprint(compiled)
+    torch._dynamo.reset()
+    graphs = torch._dynamo.utils.counters["stats"]
+    graphs.clear()
+    run_in_process(plain)
+    assert graphs["unique_graphs"] == 0
+    run_in_process(compiled)
+    assert graphs["unique_graphs"] >= 2  # one per parameter group, at the least
+    torch.manual_seed(plain.seed)
+    initial = build_model(plain.model, 3).state_dict()
+    a, b = final_state(plain), final_state(compiled)
+    names = [n for n in a if a[n].is_floating_point() and "running" not in n]
+    moved = torch.cat([(a[n] - initial[n]).flatten() for n in names]).norm()
+    apart = torch.cat([(a[n] - b[n]).flatten() for n in names]).norm()
+    print(f"training moved the weights by {moved:.3g}; the two runs ended {apart:.3g} apart")
+    assert moved > 0.1
+    assert apart < 1e-3 * moved
+
+
 def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(data_config):
     config = experiment(
         data_config,
