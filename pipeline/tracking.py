@@ -99,6 +99,16 @@ def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (
     return MlflowClient(tracking_uri=uri)
 
 
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: with a SQLite store, `mlartifacts/<experiment>`
+    beside the database file, so that the results folder holds everything (MLflow's default,
+    `./mlruns`, is whatever folder the creating process ran in). A server decides for itself."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri.removeprefix("sqlite:///")).resolve()
+    return (database.parent / "mlartifacts" / experiment).as_uri()
+
+
 def create_run(
     uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
 ) -> str:
@@ -106,7 +116,11 @@ def create_run(
 
     client = mlflow_client(uri)
     found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, artifact_location(uri, experiment))
+    )
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(params_list), 100):

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch.optim import Optimizer
 
+from pipeline.errors import first_line
+
 
 class HybridRMSpropSGD(Optimizer):
     def __init__(
@@ -145,11 +147,10 @@ class HybridRMSpropSGD(Optimizer):
                 rmsprop_term=alpha_rms != 0.0,
             )
         except Exception as error:  # compiler missing or failing: say what to do
-            first_line = (str(error).strip().splitlines() or [""])[0]
             raise RuntimeError(
                 f"train.compile_optimizer: torch.compile could not build the optimizer update on "
-                f"{key[0]} ({type(error).__name__}: {first_line}). Install a C++ compiler (CPU) "
-                "or Triton (GPU), or set train.compile_optimizer: false."
+                f"{key[0]} ({type(error).__name__}: {first_line(error)}). Install a C++ compiler "
+                "(CPU) or Triton (GPU), or set train.compile_optimizer: false."
             ) from error
 
 

@@ -68,6 +68,10 @@ def test_every_artifact_exists_and_agrees_with_mlflow(workflow):
     assert artifacts == {
         f"report/{n}" for n in ("metrics.csv", "curves.png", "summary.json", "report.md")
     }
+    # ... and they lie in the results folder, not in the folder Snakemake ran in.
+    store = (config.results_path / "mlartifacts" / config.experiment).resolve()
+    assert client.get_experiment_by_name(config.experiment).artifact_location == store.as_uri()
+    assert (store / summary["mlflow_run_id"] / "artifacts" / "report" / "report.md").is_file()
     assert (RunPaths.of(config).root.parent.parent / "logs" / "report" / "small.log").is_file()
 
 
