@@ -7,6 +7,8 @@
    uint8 to the GPU), with --workers processes.
 3. Training fed by our loader (bf16 + channels_last).
 4. JPEG decode: torchvision.io.decode_jpeg on the GPU (batched) against the CPU (one core).
+5. Last, so that a slow or failing compile costs none of the above: 1's bf16 + channels_last
+   with the optimizer update compiled (`train.compile_optimizer`), and how long that took.
 
 Goals (issue 6): >= 3,000 img/s for 3 on one H200 (NVIDIA's published anchor: 2,470 img/s on
 an A100 with AMP and DALI), and 2 >= 1.2 x 3. Run by benchmarks/gpu.sh; `--device cpu --quick`
@@ -16,6 +18,7 @@ checks the script on a machine without a GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import tempfile
@@ -95,7 +98,9 @@ def build_shards(work: Path, images: int) -> Path:
     return work / "results" / "data" / "synthetic" / "shards" / "train"
 
 
-def make_step(device: torch.device, bf16: bool, channels_last: bool) -> TrainStep:
+def make_step(
+    device: torch.device, bf16: bool, channels_last: bool, compiled: bool = False
+) -> TrainStep:
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="resnet50"), 1000).to(device)
     if channels_last:
@@ -108,7 +113,9 @@ def make_step(device: torch.device, bf16: bool, channels_last: bool) -> TrainSte
         gradient_as_bucket_view=True,
     )
     ddp.register_comm_hook(AllReduceState(None, torch.float16), allreduce_hook)
-    optimizer = HybridRMSpropSGD(param_groups(model, 1e-4), lr=0.1, alpha_sgd=0.5)
+    optimizer = HybridRMSpropSGD(
+        param_groups(model, 1e-4), lr=0.1, alpha_sgd=0.5, compiled=compiled
+    )
     return TrainStep(model, ddp, optimizer, Normalizer(device, channels_last), device, bf16=bf16)
 
 
@@ -182,6 +189,12 @@ def main() -> None:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
     rows: list[tuple[str, float, str]] = []
+
+    def record(label: str, value: float, unit: str) -> None:
+        # Printed at once as well: if the device's time runs out, the rows so far are kept.
+        rows.append((label, value, unit))
+        print(f"measured: {label}: {value:,.2f} {unit}", flush=True)
+
     x = torch.randint(0, 256, (args.batch, 3, 224, 224), dtype=torch.uint8, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     for name, bf16, channels_last in (
@@ -191,7 +204,7 @@ def main() -> None:
     ):
         step = make_step(device, bf16, channels_last)
         rate = train_rate(step, lambda: (x, y), args.batch, args.steps, device)
-        rows.append((f"ResNet-50 training, synthetic data, {name}", rate, "img/s"))
+        record(f"ResNet-50 training, synthetic data, {name}", rate, "img/s")
         del step
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -205,20 +218,32 @@ def main() -> None:
         )
         batches = max(2, min(args.steps, len(sampler) - 2))
         alone = loader_rate(loader, batches, device)
-        rows.append((f"our loader alone ({args.workers} workers)", alone, "img/s"))
+        record(f"our loader alone ({args.workers} workers)", alone, "img/s")
         step = make_step(device, True, True)
         iterator = iter(loader)
         fed = train_rate(
             step,
-            lambda: next(iterator),
+            functools.partial(next, iterator),
             args.batch,
             max(1, min(args.steps, len(sampler) - 6)),
             device,
         )
-        rows.append(("ResNet-50 bf16 + channels_last fed by our loader", fed, "img/s"))
-        rows.append(("loader alone / training fed by it", alone / fed, "x"))
+        record("ResNet-50 bf16 + channels_last fed by our loader", fed, "img/s")
+        record("loader alone / training fed by it", alone / fed, "x")
         for key, rate in decode_rates(shards, device, 512).items():
-            rows.append((f"JPEG decode ({key})", rate, "img/s"))
+            record(f"JPEG decode ({key})", rate, "img/s")
+        del step, iterator, loader  # stops the loader's workers before the next measurement
+
+    start = time.perf_counter()
+    step = make_step(device, True, True, compiled=True)
+    try:
+        rate = train_rate(step, lambda: (x, y), args.batch, args.steps, device)
+    except RuntimeError as error:  # no Triton or C++ compiler there: say so, keep the table
+        print(f"compiled optimizer update: {error}", file=sys.stderr)
+    else:
+        label = "ResNet-50 training, synthetic data, bf16 + channels_last, compiled update"
+        record(label, rate, "img/s")
+        record("that measurement with its compile", time.perf_counter() - start, "s")
     dist.destroy_process_group()
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
