@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -174,6 +175,7 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
             results[name].append(timed(runners[name], args.steps))
     if tracker is not None:
         tracker.close()
+        shutil.rmtree(folder)  # the throwaway MLflow store and journal
         (out / f"world{world}.json").write_text(json.dumps(results))
     dist.destroy_process_group()
 
