@@ -2,6 +2,7 @@
 buffers in again every step unless freed memory is kept."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ model = torchvision.models.resnet18(num_classes=10)
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 x, y = torch.randn(16, 3, 64, 64), torch.randint(0, 10, (16,))
 faults = []
-for _ in range(5):
+for _ in range(10):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     opt.zero_grad(set_to_none=True)
     torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -42,7 +43,8 @@ def test_kept_memory_takes_the_page_faults_of_a_training_step_away():
     default = _steps("default")
     retained = _steps("retain")
     assert retained["retained"] is True
-    # Measured over steps 3-5: 4,100-9,300 faults per step by default; with the memory kept
-    # mostly none, now and then one step with ~1,000 while the heap still grows.
-    assert min(default["faults"]) > 1000
+    # Measured over steps 3-10: by default mostly 3,000-11,500 faults per step, but a single step
+    # can fall to a few hundred (CI once saw 385), so the median is what is checked; with the
+    # memory kept mostly none, now and then one step with ~500-2,700 while the heap still grows.
+    assert statistics.median(default["faults"]) > 1000
     assert sum(retained["faults"]) < sum(default["faults"]) / 5
