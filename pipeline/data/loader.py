@@ -385,10 +385,12 @@ class ShardDataset(Dataset):
             images, slot = torch.empty(shape, dtype=torch.uint8), None
         else:  # built in shared memory: handing it over costs no copy (as default_collate)
             images, slot = pooled_uint8_batch(shape)
-        labels = torch.empty(len(keys.indices), dtype=torch.int64)
+        label_list = []  # one tensor at the end: setting a tensor's element costs 3 us
         for k, index in enumerate(keys.indices):
-            jpeg, labels[k] = self.read(index)
+            jpeg, label = self.read(index)
+            label_list.append(label)
             self.transform(jpeg, keys.epoch, index, images[k])
+        labels = torch.tensor(label_list, dtype=torch.int64)
         nchw = images.permute(0, 3, 1, 2)  # NCHW view of channels-last memory
         return (nchw, labels) if slot is None else PooledBatch(nchw, labels, slot)
 
