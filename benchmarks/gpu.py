@@ -220,7 +220,7 @@ def main() -> None:
         )
         batches = max(2, min(args.steps, len(sampler) - 2))
         alone = loader_rate(loader, batches, device)
-        record(f"our loader alone ({args.workers} workers)", alone, "img/s")
+        record(f"our loader alone (workers: {args.workers})", alone, "img/s")
         step = make_step(args.arch, device, True, True)
         iterator = iter(loader)
         fed = train_rate(

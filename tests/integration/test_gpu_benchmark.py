@@ -16,7 +16,7 @@ ROWS = [
     "resnet18 training, synthetic data, fp32 (TF32)",
     "resnet18 training, synthetic data, bf16 autocast",
     "resnet18 training, synthetic data, bf16 + channels_last",
-    "our loader alone (1 workers)",
+    "our loader alone (workers: 1)",
     "resnet18 bf16 + channels_last fed by our loader",
     "loader alone / training fed by it",
     "JPEG decode (cpu_one_core)",
