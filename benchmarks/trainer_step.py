@@ -11,10 +11,10 @@ does the RMSprop phase's arithmetic (a square average, a square root and a divis
 parameter), so that what our machinery costs shows apart from what the paper's optimizer
 costs. Ours runs in both phases, with the default optimizer update and with
 `train.compile_optimizer` (the update fused by torch.compile). The variants take turns in a
-rotating order; the table gives the median ms/step and the median of the ratios to the plain
-loops within a repeat. Also: the optimizer step alone against torch.optim.SGD and
-torch.optim.RMSprop. Every process keeps its freed memory, as a CPU training job does
-(`retain_freed_memory`).
+balanced order (in six repeats each runs right after each other once); the table gives the
+median ms/step and the median of the ratios to the plain loops within a repeat. Also: the
+optimizer step alone against torch.optim.SGD and torch.optim.RMSprop. Every process keeps its
+freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 12]
 """
@@ -40,6 +40,7 @@ import torchvision
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.order import balanced_order  # noqa: E402
 from pipeline.config import ModelConfig, OptimizerConfig  # noqa: E402
 from pipeline.data.loader import Normalizer  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
@@ -181,11 +182,10 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for repeat in range(args.repeats):
-        # Interleaved, and the order rotates (A B C, B C A, C A B, ...) so that whatever running
-        # first or after a given variant costs is spread over all of them. The compiled
-        # variants compile in their first warm-up step, outside the timed steps.
-        shift = repeat % len(names)
-        for name in names[shift:] + names[:shift]:
+        # Interleaved, in a balanced order, so that whatever running first or right after a
+        # given variant costs is spread over all of them. The compiled variants compile in
+        # their first warm-up step, outside the timed steps.
+        for name in balanced_order(names, repeat):
             results[name].append(timed(runners[name], args.steps))
     if tracker is not None:
         tracker.close()
@@ -232,7 +232,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--repeats", type=int, default=len(BASELINES) + len(VARIANTS), help="one per variant"
+    )
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
