@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,7 @@ sys.path.insert(0, str(PROJECT))
 from pipeline.config import ModelConfig, load_config  # noqa: E402
 from pipeline.data.loader import (  # noqa: E402
     Normalizer,
+    SampleKeys,
     ShardDataset,
     TrainBatchSampler,
     TrainTransform,
@@ -120,9 +122,11 @@ def make_step(
     return TrainStep(model, ddp, optimizer, Normalizer(device, channels_last), device, bf16=bf16)
 
 
-def train_rate(step: TrainStep, next_batch, batch: int, steps: int, device) -> float:
+def train_rate(
+    step: TrainStep, next_batch, batch: int, steps: int, device, warmup: int = 3
+) -> float:
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    for _ in range(3):  # warm-up: cuDNN autotuning, allocator
+    for _ in range(warmup):  # cuDNN autotuning, allocator; a loader's first burst
         step(next_batch, 0.1, 0.5, False, sums)
     sync(device)
     start = time.perf_counter()
@@ -132,9 +136,29 @@ def train_rate(step: TrainStep, next_batch, batch: int, steps: int, device) -> f
     return steps * batch / (time.perf_counter() - start)
 
 
-def loader_rate(loader, batches: int, device: torch.device) -> float:
+class Epochs:
+    """A batch sampler's epochs back to back: the loader measurements run for many more batches
+    than one epoch of the synthetic set holds."""
+
+    def __init__(self, sampler: TrainBatchSampler, epochs: int) -> None:
+        self.sampler = sampler
+        self.epochs = epochs
+
+    def __iter__(self) -> Iterator[SampleKeys]:
+        for epoch in range(self.epochs):
+            self.sampler.set_epoch(epoch)
+            yield from self.sampler
+
+    def __len__(self) -> int:
+        return self.epochs * len(self.sampler)
+
+
+def loader_rate(loader, workers: int, batches: int, device: torch.device) -> float:
     iterator = iter(loader)
-    next(iterator)
+    # All workers start at once and deliver their first batches together: timing from the
+    # first batch would count that burst as throughput. Steady state starts after one each.
+    for _ in range(workers + 1):
+        next(iterator)
     start = time.perf_counter()
     seen = 0
     for _ in range(batches):
@@ -215,11 +239,17 @@ def main() -> None:
         shards = build_shards(Path(tmp), args.images)
         dataset = ShardDataset(shards, TrainTransform(224, seed=0))
         sampler = TrainBatchSampler(len(dataset), args.batch, seed=0)
+        # Timed batches: many times the workers' first round, which arrives as a burst.
+        batches = max(args.steps, 6 * args.workers)
+        epochs = (max(3, args.workers + 1) + batches) // len(sampler) + 1
         loader = make_loader(
-            dataset, sampler, args.workers, pin_memory=device.type == "cuda", prefetch_batches=4
+            dataset,
+            Epochs(sampler, epochs),
+            args.workers,
+            pin_memory=device.type == "cuda",
+            prefetch_batches=4,
         )
-        batches = max(2, min(args.steps, len(sampler) - 2))
-        alone = loader_rate(loader, batches, device)
+        alone = loader_rate(loader, args.workers, batches, device)
         record(f"our loader alone (workers: {args.workers})", alone, "img/s")
         step = make_step(args.arch, device, True, True)
         iterator = iter(loader)
@@ -227,8 +257,9 @@ def main() -> None:
             step,
             functools.partial(next, iterator),
             args.batch,
-            max(1, min(args.steps, len(sampler) - 6)),
+            batches,
             device,
+            warmup=max(3, args.workers + 1),
         )
         record(f"{args.arch} bf16 + channels_last fed by our loader", fed, "img/s")
         record("loader alone / training fed by it", alone / fed, "x")

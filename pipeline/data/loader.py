@@ -24,6 +24,7 @@ import os
 import random
 import warnings
 from bisect import bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -405,7 +406,7 @@ def _batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor
 
 def make_loader(
     dataset: ShardDataset,
-    batch_sampler: TrainBatchSampler | EvalBatchSampler,
+    batch_sampler: Iterable[SampleKeys],
     workers: int,
     pin_memory: bool = False,
     prefetch_batches: int = 4,
