@@ -10,13 +10,14 @@ already normalised; the same loop with `torch.optim.RMSprop(momentum=0.9)` is th
 does the RMSprop phase's arithmetic (a square average, a square root and a division per
 parameter), so that what our machinery costs shows apart from what the paper's optimizer
 costs. Ours runs in both phases, with the default optimizer update and with
-`train.compile_optimizer` (the update fused by torch.compile). The variants take turns in a
-balanced order (in six repeats each runs right after each other once); the table gives the
-median ms/step and the median of the ratios to the plain loops within a repeat. Also: the
+`train.compile_optimizer` (the update fused by torch.compile). The variants take turns in
+many short measurements (3 steps after 1 untimed), in a balanced order (in every six repeats
+each runs right after each other once); the table gives the median ms/step and the median of
+the ratios to the plain loops within a repeat. Also: the
 optimizer step alone against torch.optim.SGD and torch.optim.RMSprop. Every process keeps its
 freed memory, as a CPU training job does (`retain_freed_memory`).
 
-    python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--steps 12]
+    python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--repeats 24]
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
 
 LOG_EVERY = 10  # the TrainConfig default
+FIRST_STEPS = 3  # untimed, before the repeats
 # The plain loops: how the table names them, and their optimizer.
 BASELINES = {
     "plain": ("plain loop (torch.optim.SGD)", "sgd"),
@@ -144,13 +146,15 @@ def plain(args, env: DistEnv, batches, optimizer_name: str):
     return model, run
 
 
-def timed(run, steps: int, warmup: int = 2) -> float:
-    for i in range(warmup):
+def timed(run, first: int, steps: int, warmup: int) -> float:
+    """ms per step of `steps` iterations after `warmup` untimed ones, numbered on from `first`
+    (the tracking interval counts across a variant's measurements, as in a training run)."""
+    for i in range(first, first + warmup):
         run(i)
     if dist.is_initialized():
         dist.barrier()
     start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
+    for i in range(first + warmup, first + warmup + steps):
         run(i)
     if dist.is_initialized():
         dist.barrier()
@@ -181,12 +185,20 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
         runners[name] = ours(args, env, batches, tracker, alpha, compiled)[1]
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
+    # Each variant's first steps cost more (the compiled variants compile, the allocator
+    # grows): they run once, untimed, before the repeats.
+    for name in names:
+        for i in range(FIRST_STEPS):
+            runners[name](i)
+    done = dict.fromkeys(names, FIRST_STEPS)  # iterations each variant has run
     for repeat in range(args.repeats):
-        # Interleaved, in a balanced order, so that whatever running first or right after a
-        # given variant costs is spread over all of them. The compiled variants compile in
-        # their first warm-up step, outside the timed steps.
+        # Many short measurements, interleaved, in a balanced order: the VM's speed drifts
+        # over seconds, so a variant and the plain loop timed close together in one repeat
+        # compare better, and whatever running first or right after a given variant costs
+        # is spread over all of them.
         for name in balanced_order(names, repeat):
-            results[name].append(timed(runners[name], args.steps))
+            results[name].append(timed(runners[name], done[name], args.steps, args.warmup))
+            done[name] += args.warmup + args.steps
     if tracker is not None:
         tracker.close()
         shutil.rmtree(folder)  # the throwaway MLflow store and journal
@@ -231,9 +243,13 @@ def main() -> None:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per measurement")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps before each")
     parser.add_argument(
-        "--repeats", type=int, default=len(BASELINES) + len(VARIANTS), help="one per variant"
+        "--repeats",
+        type=int,
+        default=4 * (len(BASELINES) + len(VARIANTS)),
+        help="a multiple of the variants' count balances the order",
     )
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
