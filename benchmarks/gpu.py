@@ -39,6 +39,7 @@ from torchvision.io import decode_jpeg
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.loader import time_loader  # noqa: E402
 from pipeline.config import ModelConfig, load_config  # noqa: E402
 from pipeline.data.loader import (  # noqa: E402
     Normalizer,
@@ -153,22 +154,6 @@ class Epochs:
         return self.epochs * len(self.sampler)
 
 
-def loader_rate(loader, workers: int, batches: int, device: torch.device) -> float:
-    iterator = iter(loader)
-    # All workers start at once and deliver their first batches together: timing from the
-    # first batch would count that burst as throughput. Steady state starts after one each.
-    for _ in range(workers + 1):
-        next(iterator)
-    start = time.perf_counter()
-    seen = 0
-    for _ in range(batches):
-        images, _ = next(iterator)
-        images.to(device, non_blocking=True)
-        seen += images.shape[0]
-    sync(device)
-    return seen / (time.perf_counter() - start)
-
-
 def decode_rates(shards: Path, device: torch.device, count: int) -> dict[str, float]:
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     datas = [
@@ -241,7 +226,7 @@ def main() -> None:
         sampler = TrainBatchSampler(len(dataset), args.batch, seed=0)
         # Timed batches: many times the workers' first round, which arrives as a burst.
         batches = max(args.steps, 6 * args.workers)
-        epochs = (max(3, args.workers + 1) + batches) // len(sampler) + 1
+        epochs = (max(3, args.workers) + batches) // len(sampler) + 1
         loader = make_loader(
             dataset,
             Epochs(sampler, epochs),
@@ -249,7 +234,9 @@ def main() -> None:
             pin_memory=device.type == "cuda",
             prefetch_batches=4,
         )
-        alone = loader_rate(loader, args.workers, batches, device)
+        alone = time_loader(
+            loader, args.workers, batches, lambda b: b[0].to(device, non_blocking=True)
+        )
         record(f"our loader alone (workers: {args.workers})", alone, "img/s")
         step = make_step(args.arch, device, True, True)
         iterator = iter(loader)
@@ -259,7 +246,7 @@ def main() -> None:
             args.batch,
             batches,
             device,
-            warmup=max(3, args.workers + 1),
+            warmup=max(3, args.workers),
         )
         record(f"{args.arch} bf16 + channels_last fed by our loader", fed, "img/s")
         record("loader alone / training fed by it", alone / fed, "x")

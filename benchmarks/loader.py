@@ -104,9 +104,13 @@ def make_varied_copy(source: Path, target: Path, per_class: int, seed: int = 0) 
     return target
 
 
-def time_loader(loader, batches: int, consume) -> float:
+def time_loader(loader, workers: int, batches: int, consume) -> float:
+    """Images/s over `batches` batches, each passed to `consume`, in the steady state."""
     iterator = iter(loader)
-    consume(next(iterator))  # workers started, first batch in: steady state from here
+    # The workers start together and their first batches arrive as one burst: timing from the
+    # first batch would count that burst as throughput. Steady state starts after one each.
+    for _ in range(max(1, workers)):
+        consume(next(iterator))
     images = 0
     start = time.perf_counter()
     for _ in range(batches):
@@ -134,7 +138,7 @@ def imagefolder_run(root: Path, batch: int, workers: int, batches: int) -> float
         drop_last=True,
         persistent_workers=False,
     )
-    return time_loader(loader, batches, lambda b: None)  # already normalised floats
+    return time_loader(loader, workers, batches, lambda b: None)  # normalised floats
 
 
 def ours_run(
@@ -146,7 +150,7 @@ def ours_run(
     normalize = Normalizer(torch.device("cpu"))
     loader = make_loader(dataset, sampler, workers)
     consume = (lambda b: normalize(b[0])) if cpu_normalize else (lambda b: None)
-    return time_loader(loader, batches, consume)
+    return time_loader(loader, workers, batches, consume)
 
 
 def ceiling(shards: Path, count: int, start_together=None) -> float:
