@@ -100,9 +100,9 @@ def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float, com
         state["i"] += 1
         return batches[state["i"] % len(batches)]
 
-    def run(iteration: int) -> None:
+    def run(iteration: int | None) -> None:
         losses.append(step(next_batch, 0.1, alpha, sgd_from_now_on=alpha == 1.0, sums=sums))
-        if (iteration + 1) % LOG_EVERY == 0:  # what the loop does at its sync points
+        if iteration is not None and (iteration + 1) % LOG_EVERY == 0:  # the loop's sync point
             finite = float(torch.isfinite(torch.stack(losses)).all())
             all_reduce_sum([*sums.tolist(), finite, 0.0, 0.0], env.device)
             if tracker is not None:
@@ -135,9 +135,11 @@ def plain(args, env: DistEnv, batches, optimizer_name: str):
         )
     normalize = Normalizer(env.device)
     floats = [(normalize(x), y) for x, y in batches]  # already normalised, in memory
+    state = {"i": 0}
 
-    def run(iteration: int) -> None:
-        x, y = floats[iteration % len(floats)]
+    def run(iteration: int | None) -> None:
+        state["i"] += 1
+        x, y = floats[state["i"] % len(floats)]
         loss = F.cross_entropy(wrapped(x), y)
         loss.backward()
         optimizer.step()
@@ -147,10 +149,11 @@ def plain(args, env: DistEnv, batches, optimizer_name: str):
 
 
 def timed(run, first: int, steps: int, warmup: int) -> float:
-    """ms per step of `steps` iterations after `warmup` untimed ones, numbered on from `first`
-    (the tracking interval counts across a variant's measurements, as in a training run)."""
-    for i in range(first, first + warmup):
-        run(i)
+    """ms per step of `steps` iterations after `warmup` untimed ones. The timed ones are numbered
+    on from `first`, so that across a variant's measurements one timed step in LOG_EVERY
+    tracks, as in training; untimed ones (numbered None) never do."""
+    for _ in range(warmup):
+        run(None)
     if dist.is_initialized():
         dist.barrier()
     start = time.perf_counter()
@@ -188,9 +191,9 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
     # Each variant's first steps cost more (the compiled variants compile, the allocator
     # grows): they run once, untimed, before the repeats.
     for name in names:
-        for i in range(FIRST_STEPS):
-            runners[name](i)
-    done = dict.fromkeys(names, FIRST_STEPS)  # iterations each variant has run
+        for _ in range(FIRST_STEPS):
+            runners[name](None)
+    done = dict.fromkeys(names, 0)  # timed iterations each variant has run
     for repeat in range(args.repeats):
         # Many short measurements, interleaved, in a balanced order: the VM's speed drifts
         # over seconds, so a variant and the plain loop timed close together in one repeat
@@ -198,7 +201,7 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
         # is spread over all of them.
         for name in balanced_order(names, repeat):
             results[name].append(timed(runners[name], done[name], args.steps, args.warmup))
-            done[name] += args.warmup + args.steps
+            done[name] += args.steps
     if tracker is not None:
         tracker.close()
         shutil.rmtree(folder)  # the throwaway MLflow store and journal
