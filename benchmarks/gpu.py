@@ -226,7 +226,8 @@ def main() -> None:
         sampler = TrainBatchSampler(len(dataset), args.batch, seed=0)
         # Timed batches: many times the workers' first round, which arrives as a burst.
         batches = max(args.steps, 6 * args.workers)
-        epochs = (max(3, args.workers) + batches) // len(sampler) + 1
+        warmup = max(3, args.workers)  # covers time_loader's one batch per worker as well
+        epochs = (warmup + batches) // len(sampler) + 1
         loader = make_loader(
             dataset,
             Epochs(sampler, epochs),
@@ -246,7 +247,7 @@ def main() -> None:
             args.batch,
             batches,
             device,
-            warmup=max(3, args.workers),
+            warmup=warmup,
         )
         record(f"{args.arch} bf16 + channels_last fed by our loader", fed, "img/s")
         record("loader alone / training fed by it", alone / fed, "x")

@@ -23,6 +23,8 @@ freed memory, as a CPU training job does (`retain_freed_memory`).
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import os
 import random
@@ -105,11 +107,7 @@ def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float, com
     step = TrainStep(model, wrapped, optimizer, Normalizer(env.device), env.device)
     sums = torch.zeros(3, dtype=torch.float64)
     losses: list[torch.Tensor] = []
-    state = {"i": 0}
-
-    def next_batch():
-        state["i"] += 1
-        return batches[state["i"] % len(batches)]
+    next_batch = functools.partial(next, itertools.cycle(batches))
 
     def run(iteration: int | None) -> None:
         losses.append(step(next_batch, 0.1, alpha, sgd_from_now_on=alpha == 1.0, sums=sums))
@@ -145,12 +143,10 @@ def plain(args, env: DistEnv, batches, optimizer_name: str):
             weight_decay=1e-4,
         )
     normalize = Normalizer(env.device)
-    floats = [(normalize(x), y) for x, y in batches]  # already normalised, in memory
-    state = {"i": 0}
+    floats = itertools.cycle([(normalize(x), y) for x, y in batches])  # normalised, in memory
 
     def run(iteration: int | None) -> None:
-        state["i"] += 1
-        x, y = floats[state["i"] % len(floats)]
+        x, y = next(floats)
         loss = F.cross_entropy(wrapped(x), y)
         loss.backward()
         optimizer.step()
