@@ -7,7 +7,8 @@ Design choices, each measured in `benchmarks/loader.py`:
   refused with an error naming it.
 * Workers return whole uint8 batches (channels-last, in shared memory): 4x fewer bytes through
   the worker queue than float32, and normalisation happens on the device (`Normalizer`). Each
-  worker reuses a few shared buffers once the consumer has dropped them (`batch_pool`).
+  worker reuses a few shared buffers once the consumer has dropped them, and each buffer
+  crosses to the consumer once (`batch_pool`).
 * Decoding is the hot spot. A crop that is downscaled at least 2x is decoded with Pillow's JPEG
   draft mode (libjpeg-turbo DCT scaling: 1/2, 1/4, 1/8 of the pixels); otherwise torchvision's
   libjpeg-turbo decoder, then one antialiased bilinear resize of the crop in uint8.

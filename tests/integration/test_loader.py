@@ -1,5 +1,4 @@
 import io
-import os
 import pickle
 import shutil
 from multiprocessing.reduction import ForkingPickler
@@ -94,10 +93,10 @@ def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
         assert y0.tolist() == labels[keys.indices].tolist()
 
 
-def _shared_buffer(images: torch.Tensor) -> int:
-    """The inode of the shared-memory file a batch from a worker lives in."""
-    fd, _ = images.untyped_storage()._share_fd_cpu_()
-    return os.fstat(fd).st_ino
+def _buffer(images: torch.Tensor) -> int:
+    """Where a batch from a worker lives: the consumer keeps each worker buffer mapped at one
+    address."""
+    return images.data_ptr()
 
 
 def test_workers_reuse_their_buffers_once_the_consumer_drops_each_batch(shards):
@@ -107,9 +106,29 @@ def test_workers_reuse_their_buffers_once_the_consumer_drops_each_batch(shards):
     buffers = []
     for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
         assert torch.equal(images, reference[step][0]), step
-        buffers.append(_shared_buffer(images))
+        buffers.append(_buffer(images))
     assert len(buffers) == 36
     assert len(set(buffers)) <= 2 * (2 + 2)  # each worker's pool: 2 queued + 2
+
+
+def test_a_buffer_a_worker_replaces_with_a_larger_one_reaches_the_consumer(shards):
+    """A batch larger than the buffers so far makes its worker allocate a new buffer, which
+    must cross to the consumer in place of the one it had mapped."""
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
+    sizes = [1, 1, 1, 1, 3, 1, 3, 3, 1, 2]
+    keys, start = [], 0
+    for size in sizes:
+        keys.append(SampleKeys(0, list(range(start, start + size))))
+        start += size
+    reference = list(make_loader(dataset, keys, workers=0))
+    addresses = []
+    # Each batch is dropped before the next arrives, so the worker always has a free buffer.
+    for step, (images, labels) in enumerate(make_loader(dataset, keys, 1, prefetch_batches=1)):
+        assert torch.equal(images, reference[step][0]), step
+        assert torch.equal(labels, reference[step][1]), step
+        addresses.append(_buffer(images))
+    assert len(addresses) == len(sizes)
+    assert len(set(addresses)) < len(sizes)  # buffers were reused, not all fresh
 
 
 def test_a_batch_the_consumer_still_holds_is_never_overwritten(shards):
@@ -118,7 +137,7 @@ def test_a_batch_the_consumer_still_holds_is_never_overwritten(shards):
     reference = list(make_loader(dataset, sampler, workers=0))
     held, buffers = {}, []
     for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
-        buffers.append(_shared_buffer(images))
+        buffers.append(_buffer(images))
         if step % 4 == 0:
             held[step] = images
     assert len(held) == 9

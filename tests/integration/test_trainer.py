@@ -96,6 +96,20 @@ def test_accumulate_2_on_1_process_equals_2_processes(data_config):
     assert any(not torch.allclose(initial[n], a[n]) for n in a if a[n].is_floating_point())
 
 
+def test_loader_workers_change_nothing_in_training(data_config):
+    """Batches from worker processes (pooled shared buffers) train exactly as batches decoded
+    in the training process: same images, same order, same weights."""
+    in_process = experiment(data_config, "workers0", train={"epochs": 2})
+    with_workers = experiment(
+        data_config, "workers2", data={"loader_workers": 2}, train={"epochs": 2}
+    )
+    for config in (in_process, with_workers):
+        assert run_in_process(config)["iterations"] == 12  # 48 images / 8, two epochs
+    a, b = final_state(in_process), final_state(with_workers)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
 @pytest.mark.slow
 def test_the_compiled_optimizer_trains_as_the_plain_one(data_config):
     """train.compile_optimizer reaches the optimizer, leaves the fingerprint alone (a run may
