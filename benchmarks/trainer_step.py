@@ -18,6 +18,7 @@ optimizer step alone against torch.optim.SGD and torch.optim.RMSprop. Every proc
 freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--repeats 24]
+        [--processes 1 2]
 """
 
 from __future__ import annotations
@@ -261,12 +262,20 @@ def main() -> None:
         default=4 * (len(BASELINES) + len(VARIANTS)),
         help="a multiple of the variants' count balances the order",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        choices=[1, 2],
+        help="process counts to measure (one run each)",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
     steps = {}
-    for world in (1, 2):
+    for world in args.processes:
         mp.start_processes(
             worker, args=(world, args, free_port(), args.out), nprocs=world, start_method="spawn"
         )
