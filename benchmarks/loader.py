@@ -1,9 +1,11 @@
 """Our shard loader against torchvision's ImageFolder + PIL, side by side in one run.
 
 Both read the same JPEGs with the same augmentation (RandomResizedCrop 224, scale 0.08-1,
-horizontal flip, ImageNet normalisation), batch size and worker count; runs alternate
-A B A B and the table reports the median and spread of images/s. Our loader's normalisation
-(done on the GPU in training) runs here in the consuming process, so it is counted.
+horizontal flip, ImageNet normalisation), batch size and worker count. Every repeat runs all
+five variants (the two ceilings below, ImageFolder, ours, ours + CPU normalize) in a balanced
+order (`benchmarks/order.py`); the table gives each one's median images/s, and each ratio as
+the median of the ratios within a repeat with its bootstrap 95 % interval
+(`benchmarks/stats.py`): variants timed in the same repeat drift together on a noisy machine.
 
 Our loader hands uint8 batches to the training process, which normalises them on the GPU
 (`Normalizer`); ImageFolder's workers normalise on the CPU. The table gives ours both ways:
@@ -16,7 +18,7 @@ loop in as many processes as workers at once (summed), which is what this machin
 parallel workers at best.
 
     python benchmarks/loader.py                      # ../shared/data/imagenette
-    python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 3 --varied
+    python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 10 --varied
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from torchvision import transforms as T
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.order import balanced_order  # noqa: E402
+from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.loader import (  # noqa: E402
     Normalizer,
@@ -193,39 +197,44 @@ def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
 
 
 def compare(name: str, image_root: Path, shards: Path, args) -> dict:
-    rates: dict[str, list[float]] = {
-        "ceiling": [],
-        "concurrent_ceiling": [],
-        "imagefolder": [],
-        "ours": [],
-        "ours_cpu_norm": [],
+    runs = {
+        "ceiling": lambda repeat: ceiling(shards, 1000),
+        "concurrent_ceiling": lambda repeat: concurrent_ceiling(shards, 1000, args.workers),
+        "imagefolder": lambda repeat: imagefolder_run(
+            image_root / "train", args.batch, args.workers, args.batches
+        ),
+        "ours": lambda repeat: ours_run(
+            shards, args.batch, args.workers, args.batches, repeat, cpu_normalize=False
+        ),
+        "ours_cpu_norm": lambda repeat: ours_run(
+            shards, args.batch, args.workers, args.batches, repeat, cpu_normalize=True
+        ),
     }
-    for repeat in range(args.repeats):  # interleaved A B C D A B C D: drift hits all alike
-        rates["ceiling"].append(ceiling(shards, 1000))
-        rates["concurrent_ceiling"].append(concurrent_ceiling(shards, 1000, args.workers))
-        rates["imagefolder"].append(
-            imagefolder_run(image_root / "train", args.batch, args.workers, args.batches)
-        )
-        for key, cpu_normalize in (("ours", False), ("ours_cpu_norm", True)):
-            rates[key].append(
-                ours_run(shards, args.batch, args.workers, args.batches, repeat, cpu_normalize)
-            )
+    rates: dict[str, list[float]] = {key: [] for key in runs}
+    for repeat in range(args.repeats):  # all variants in every repeat: drift hits all alike
+        for key in balanced_order(list(runs), repeat):
+            rates[key].append(runs[key](repeat))
         done = ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items())
         print(f"  [{name}] repeat {repeat + 1}: {done}", flush=True)
     median = {k: statistics.median(v) for k, v in rates.items()}
+    # Ratios within each repeat, then their median: the VM's drift cancels within a repeat.
+    paired = {
+        "ratio": paired_ratios(rates["ours"], rates["imagefolder"]),
+        "ratio_cpu_normalize": paired_ratios(rates["ours_cpu_norm"], rates["imagefolder"]),
+        "share_of_ceiling": paired_ratios(rates["ours"], rates["ceiling"], args.workers),
+        "share_of_concurrent_ceiling": paired_ratios(rates["ours"], rates["concurrent_ceiling"]),
+    }
     return {
         "images": name,
         "imagefolder_img_s": median["imagefolder"],
         "ours_img_s": median["ours"],
         "ours_cpu_normalize_img_s": median["ours_cpu_norm"],
-        "spread": {k: [min(v), max(v)] for k, v in rates.items()},
-        "ratio": median["ours"] / median["imagefolder"],
-        "ratio_cpu_normalize": median["ours_cpu_norm"] / median["imagefolder"],
         "ceiling_one_core_img_s": median["ceiling"],
         "ceiling_x_workers_img_s": median["ceiling"] * args.workers,
-        "share_of_ceiling": median["ours"] / (median["ceiling"] * args.workers),
         "concurrent_ceiling_img_s": median["concurrent_ceiling"],
-        "share_of_concurrent_ceiling": median["ours"] / median["concurrent_ceiling"],
+        "rates": rates,
+        **{key: statistics.median(values) for key, values in paired.items()},
+        **{f"{key}_interval": median_interval(values) for key, values in paired.items()},
     }
 
 
@@ -236,7 +245,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=80, help="timed batches per run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--repeats", type=int, default=10, help="a multiple of 10 balances the five variants' order"
+    )
     parser.add_argument("--varied", action="store_true", help="also images of varied size")
     args = parser.parse_args()
 
@@ -249,7 +260,8 @@ def main() -> None:
 
     print(
         f"\nLoader benchmark: batch {args.batch}, {args.workers} workers, "
-        f"{args.batches} batches per run, {args.repeats} interleaved repeats, median"
+        f"{args.batches} batches per run, {args.repeats} interleaved repeats: median img/s, "
+        "and the median of the ratios within a repeat with its bootstrap 95 % interval"
     )
     header = (
         "images",
@@ -265,18 +277,27 @@ def main() -> None:
     )
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+
+    def times(r: dict, key: str) -> str:
+        low, high = r[f"{key}_interval"]
+        return f"{r[key]:.2f}x ({low:.2f}-{high:.2f})"
+
+    def share(r: dict, key: str) -> str:
+        low, high = r[f"{key}_interval"]
+        return f"{100 * r[key]:.0f} % ({100 * low:.0f}-{100 * high:.0f})"
+
     for r in results:
         cells = (
             r["images"],
             f"{r['imagefolder_img_s']:.0f}",
             f"{r['ours_img_s']:.0f}",
-            f"{r['ratio']:.2f}x",
+            times(r, "ratio"),
             f"{r['ours_cpu_normalize_img_s']:.0f}",
-            f"{r['ratio_cpu_normalize']:.2f}x",
+            times(r, "ratio_cpu_normalize"),
             f"{r['ceiling_x_workers_img_s']:.0f}",
-            f"{100 * r['share_of_ceiling']:.0f} %",
+            share(r, "share_of_ceiling"),
             f"{r['concurrent_ceiling_img_s']:.0f}",
-            f"{100 * r['share_of_concurrent_ceiling']:.0f} %",
+            share(r, "share_of_concurrent_ceiling"),
         )
         print("| " + " | ".join(cells) + " |")
     write_benchmark_report(

@@ -28,7 +28,6 @@ import functools
 import itertools
 import json
 import os
-import random
 import shutil
 import statistics
 import sys
@@ -46,6 +45,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.order import balanced_order  # noqa: E402
+from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
 from pipeline.config import ModelConfig, OptimizerConfig  # noqa: E402
 from pipeline.data.loader import Normalizer  # noqa: E402
 from pipeline.hardware import write_benchmark_report  # noqa: E402
@@ -71,16 +71,6 @@ VARIANTS = {
     "ours_compiled_rmsprop_phase": ("ours, RMSprop phase, compiled update", 0.5, True),
     "ours_compiled_sgd_phase": ("ours, SGD phase, compiled update", 1.0, True),
 }
-
-
-def median_interval(values: list[float], resamples: int = 2000) -> list[float]:
-    """Bootstrap 95 % interval of the median of `values`: how far the table's median ratio
-    could move in another run on this machine, which decides whether a goal is met or not."""
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median(rng.choices(values, k=len(values))) for _ in range(resamples)
-    )
-    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def make_batches(args, rank: int, count: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -287,7 +277,7 @@ def main() -> None:
         for phase, (_, alpha, _) in VARIANTS.items():
             # The RMSprop loop is the baseline of the RMSprop phase only.
             for baseline in BASELINES if alpha < 1 else ["plain"]:
-                paired = [o / p for o, p in zip(raw[phase], raw[baseline], strict=True)]
+                paired = paired_ratios(raw[phase], raw[baseline])
                 key = f"{phase}_vs_{baseline}"
                 steps[world][key] = statistics.median(paired)
                 steps[world][f"{key}_spread"] = [min(paired), max(paired)]
