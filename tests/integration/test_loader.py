@@ -1,4 +1,5 @@
 import io
+import os
 import pickle
 import shutil
 from multiprocessing.reduction import ForkingPickler
@@ -93,10 +94,16 @@ def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
         assert y0.tolist() == labels[keys.indices].tolist()
 
 
-def _buffer(images: torch.Tensor) -> int:
-    """Where a batch from a worker lives: the consumer keeps each worker buffer mapped at one
-    address."""
-    return images.data_ptr()
+def _buffer(images: torch.Tensor, loader) -> tuple[str, int]:
+    """Which shared buffer a batch from a worker lives in: its slot in the loader's pool, or
+    the inode of a fresh buffer's shared-memory file (a worker with no free buffer makes one).
+    Not the batch's address: a fresh buffer is often mapped where the last one was."""
+    pool = loader.worker_init_fn.__self__
+    for index, array in pool._mapped.items():
+        if array.ctypes.data == images.data_ptr():
+            return "slot", index
+    fd, _ = images.untyped_storage()._share_fd_cpu_()
+    return "file", os.fstat(fd).st_ino
 
 
 def test_workers_reuse_their_buffers_once_the_consumer_drops_each_batch(shards):
@@ -104,9 +111,10 @@ def test_workers_reuse_their_buffers_once_the_consumer_drops_each_batch(shards):
     sampler = TrainBatchSampler(len(dataset), 1, seed=0)
     reference = list(make_loader(dataset, sampler, workers=0))
     buffers = []
-    for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
+    loader = make_loader(dataset, sampler, 2, prefetch_batches=2)
+    for step, (images, _) in enumerate(loader):
         assert torch.equal(images, reference[step][0]), step
-        buffers.append(_buffer(images))
+        buffers.append(_buffer(images, loader))
     assert len(buffers) == 36
     assert len(set(buffers)) <= 2 * (2 + 2)  # each worker's pool: 2 queued + 2
 
@@ -121,14 +129,15 @@ def test_a_buffer_a_worker_replaces_with_a_larger_one_reaches_the_consumer(shard
         keys.append(SampleKeys(0, list(range(start, start + size))))
         start += size
     reference = list(make_loader(dataset, keys, workers=0))
-    addresses = []
+    buffers = []
     # Each batch is dropped before the next arrives, so the worker always has a free buffer.
-    for step, (images, labels) in enumerate(make_loader(dataset, keys, 1, prefetch_batches=1)):
+    loader = make_loader(dataset, keys, 1, prefetch_batches=1)
+    for step, (images, labels) in enumerate(loader):
         assert torch.equal(images, reference[step][0]), step
         assert torch.equal(labels, reference[step][1]), step
-        addresses.append(_buffer(images))
-    assert len(addresses) == len(sizes)
-    assert len(set(addresses)) < len(sizes)  # buffers were reused, not all fresh
+        buffers.append(_buffer(images, loader))
+    assert len(buffers) == len(sizes)
+    assert len(set(buffers)) < len(sizes)  # buffers were reused, not all fresh
 
 
 def test_a_batch_the_consumer_still_holds_is_never_overwritten(shards):
@@ -136,8 +145,9 @@ def test_a_batch_the_consumer_still_holds_is_never_overwritten(shards):
     sampler = TrainBatchSampler(len(dataset), 1, seed=0)
     reference = list(make_loader(dataset, sampler, workers=0))
     held, buffers = {}, []
-    for step, (images, _) in enumerate(make_loader(dataset, sampler, 2, prefetch_batches=2)):
-        buffers.append(_buffer(images))
+    loader = make_loader(dataset, sampler, 2, prefetch_batches=2)
+    for step, (images, _) in enumerate(loader):
+        buffers.append(_buffer(images, loader))
         if step % 4 == 0:
             held[step] = images
     assert len(held) == 9
