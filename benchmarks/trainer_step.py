@@ -18,7 +18,10 @@ optimizer step alone against torch.optim.SGD and torch.optim.RMSprop. Every proc
 freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--repeats 24]
-        [--processes 1 2]
+        [--processes 1 2] [--variants ours_sgd_phase ...]
+
+`--variants` times only the named steps of ours (and the plain loops they are compared with),
+so that a longer run can settle one ratio.
 """
 
 from __future__ import annotations
@@ -181,8 +184,13 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
             {},
             None,
         )
-    runners = {name: plain(args, env, batches, opt)[1] for name, (_, opt) in BASELINES.items()}
-    for name, (_, alpha, compiled) in VARIANTS.items():
+    runners = {
+        name: plain(args, env, batches, opt)[1]
+        for name, (_, opt) in BASELINES.items()
+        if name in args.baselines
+    }
+    for name in args.variants:
+        _, alpha, compiled = VARIANTS[name]
         runners[name] = ours(args, env, batches, tracker, alpha, compiled)[1]
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
@@ -249,8 +257,7 @@ def main() -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        default=4 * (len(BASELINES) + len(VARIANTS)),
-        help="a multiple of the variants' count balances the order",
+        help="a multiple of the number of steps timed balances the order (default: 4 times it)",
     )
     parser.add_argument(
         "--processes",
@@ -260,8 +267,20 @@ def main() -> None:
         choices=[1, 2],
         help="process counts to measure (one run each)",
     )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="our steps to time (default: all)",
+    )
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
+    # The plain SGD loop is every variant's baseline; the RMSprop loop only the RMSprop phase's.
+    rmsprop_phase = any(VARIANTS[name][1] < 1 for name in args.variants)
+    args.baselines = ["plain", "plain_rmsprop"] if rmsprop_phase else ["plain"]
+    if args.repeats is None:
+        args.repeats = 4 * (len(args.baselines) + len(args.variants))
     args.out.mkdir(parents=True, exist_ok=True)
 
     steps = {}
@@ -274,9 +293,9 @@ def main() -> None:
         steps[world]["spread"] = {k: [min(v), max(v)] for k, v in raw.items()}
         # Each repeat times the plain loops and ours back to back: the ratio within a repeat
         # cancels the machine's drift, so the table reports the median of those paired ratios.
-        for phase, (_, alpha, _) in VARIANTS.items():
-            # The RMSprop loop is the baseline of the RMSprop phase only.
-            for baseline in BASELINES if alpha < 1 else ["plain"]:
+        for phase in args.variants:
+            alpha = VARIANTS[phase][1]
+            for baseline in args.baselines if alpha < 1 else ["plain"]:
                 paired = paired_ratios(raw[phase], raw[baseline])
                 key = f"{phase}_vs_{baseline}"
                 steps[world][key] = statistics.median(paired)
@@ -298,9 +317,10 @@ def main() -> None:
         return f"{s[key]:.3f}x ({low:.3f}-{high:.3f})"
 
     for world, s in steps.items():
-        for baseline, (name, _) in BASELINES.items():
-            print(f"| {world} | {name} | {s[baseline]:.1f} | | |")
-        for phase, (name, alpha, _) in VARIANTS.items():
+        for baseline in args.baselines:
+            print(f"| {world} | {BASELINES[baseline][0]} | {s[baseline]:.1f} | | |")
+        for phase in args.variants:
+            name, alpha, _ = VARIANTS[phase]
             versus_rmsprop = ratio(s, f"{phase}_vs_plain_rmsprop") if alpha < 1 else ""
             print(
                 f"| {world} | {name} | {s[phase]:.1f} | {ratio(s, f'{phase}_vs_plain')} "
