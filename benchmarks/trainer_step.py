@@ -276,6 +276,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
+    args.variants = list(dict.fromkeys(args.variants))  # each once, in the order given
     # The plain SGD loop is every variant's baseline; the RMSprop loop only the RMSprop phase's.
     rmsprop_phase = any(VARIANTS[name][1] < 1 for name in args.variants)
     args.baselines = ["plain", "plain_rmsprop"] if rmsprop_phase else ["plain"]
