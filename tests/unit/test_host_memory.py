@@ -38,14 +38,27 @@ def _steps(mode: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _faulting_default_run(tries: int = 4) -> dict:
+    """Steps with glibc's default settings that fault, as they mostly do: 3,440-9,184 faults per
+    step (median of steps 3-22) in 18 of 20 fresh processes here. Now and then glibc's dynamic
+    thresholds settle so that a process hardly faults at all (median 0 in the other two, and once
+    in `make test`): that run leaves nothing to take away, so another process is tried."""
+    for _ in range(tries):
+        run = _steps("default")
+        if statistics.median(run["faults"]) > 1000:
+            return run
+    pytest.fail(
+        f"default malloc took under 1,000 page faults per training step in {tries} fresh "
+        "processes: on this machine there is nothing for retain_freed_memory to take away"
+    )
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc is Linux's")
 def test_kept_memory_takes_the_page_faults_of_a_training_step_away():
-    default = _steps("default")
+    default = _faulting_default_run()
     retained = _steps("retain")
     assert retained["retained"] is True
-    # Measured over steps 3-22: by default mostly 3,000-11,500 faults per step, but a single step
-    # can fall to a few hundred (CI once saw 385) and a few in a row to none (the median of 8
-    # steps was once 0), so the median of 20 is what is checked (4,320-9,184 in 8 runs); with
-    # the memory kept mostly none, now and then one step with ~500-2,700 while the heap grows.
-    assert statistics.median(default["faults"]) > 1000
+    # With the memory kept, steps 3-22 fault mostly not at all, now and then one step with
+    # ~500-2,100 while the heap grows: 1,027-3,075 in all in 8 runs, against 110,218-150,034
+    # in 7 default runs that faulted.
     assert sum(retained["faults"]) < sum(default["faults"]) / 5
