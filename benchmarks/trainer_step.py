@@ -257,7 +257,8 @@ def main() -> None:
     parser.add_argument(
         "--repeats",
         type=int,
-        help="a multiple of the number of steps timed balances the order (default: 4 times it)",
+        help="a multiple of the number of steps timed (of twice it, if odd) balances the order "
+        "(default: 4 times it)",
     )
     parser.add_argument(
         "--processes",

@@ -59,6 +59,6 @@ def test_kept_memory_takes_the_page_faults_of_a_training_step_away():
     retained = _steps("retain")
     assert retained["retained"] is True
     # With the memory kept, steps 3-22 fault mostly not at all, now and then one step with
-    # ~500-2,100 while the heap grows: 1,027-3,075 in all in 8 runs, against 110,218-150,034
+    # ~250-2,100 while the heap grows: 1,027-3,075 in all in 8 runs, against 110,218-150,034
     # in 7 default runs that faulted.
     assert sum(retained["faults"]) < sum(default["faults"]) / 5
