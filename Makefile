@@ -40,6 +40,7 @@ bench: $(STAMP)
 	python benchmarks/preprocess.py
 	python benchmarks/trainer_step.py
 	python benchmarks/allreduce.py
+	python benchmarks/host_memory.py
 	python -m pipeline plan --check-paper | tee results/bench/plan.txt
 
 lint: $(STAMP)

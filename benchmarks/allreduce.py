@@ -25,8 +25,8 @@ import torch.nn.functional as F
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline.config import ModelConfig  # noqa: E402
-from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.train.distributed import DistEnv, wrap_ddp  # noqa: E402
 from pipeline.train.model import build_model  # noqa: E402

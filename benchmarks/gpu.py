@@ -40,6 +40,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loader import time_loader  # noqa: E402
+from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline.config import ModelConfig, load_config  # noqa: E402
 from pipeline.data.loader import (  # noqa: E402
     Normalizer,
@@ -50,7 +51,6 @@ from pipeline.data.loader import (  # noqa: E402
     make_loader,
 )
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
-from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.train.distributed import AllReduceState, allreduce_hook  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402

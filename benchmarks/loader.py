@@ -43,6 +43,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.order import balanced_order  # noqa: E402
+from benchmarks.report import write_benchmark_report  # noqa: E402
 from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.loader import (  # noqa: E402
@@ -53,7 +54,6 @@ from pipeline.data.loader import (  # noqa: E402
     make_loader,
 )
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
-from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.paths import DataPaths  # noqa: E402
 
 

@@ -37,10 +37,10 @@ from PIL import Image
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.data.images import prepare_image  # noqa: E402
 from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
-from pipeline.hardware import write_benchmark_report  # noqa: E402
 
 # Imagenette in 8 + 2 shards of ~1,300 images, or in 2 + 1 of ~4,500: about the ~5,000 images
 # of an ImageNet shard (`config/experiments/imagenet-akiba-32k.yaml`), where a job's fixed cost

@@ -48,10 +48,10 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.order import balanced_order  # noqa: E402
+from benchmarks.report import write_benchmark_report  # noqa: E402
 from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
 from pipeline.config import ModelConfig, OptimizerConfig  # noqa: E402
 from pipeline.data.loader import Normalizer  # noqa: E402
-from pipeline.hardware import write_benchmark_report  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402

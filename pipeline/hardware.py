@@ -1,12 +1,9 @@
-"""What this machine is, in words, for tags and benchmark reports."""
+"""What CPU this is, in words, for the MLflow tags of a CPU run."""
 
 from __future__ import annotations
 
-import argparse
-import os
 import platform
 from pathlib import Path
-from typing import Any
 
 
 def cpu_name() -> str:
@@ -18,28 +15,3 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def machine_description() -> str:
-    """Host, CPU model, core count and GPU (or "no GPU"), for benchmark reports."""
-    import torch
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.node()}, {cpu_name()}, {os.cpu_count()} cores, {gpu}"
-
-
-def write_benchmark_report(
-    path: Path, benchmark: str, args: argparse.Namespace, **fields: Any
-) -> None:
-    """`path` <- JSON of the benchmark's results, with its arguments and the machine and torch
-    version it ran on."""
-    import torch
-
-    from pipeline import atomic
-
-    report = {"benchmark": benchmark, "machine": machine_description()}
-    report |= {"torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}}
-    report |= fields
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(path, report)
-    print(f"\nwrote {path}")

@@ -1,4 +1,5 @@
-"""Shared test helpers: where the real images are, and how to write a config for a test."""
+"""Shared test helpers: the test images (generated, and the real ones of the extra tier) and
+how to write a config for a test."""
 
 from __future__ import annotations
 
@@ -18,30 +19,66 @@ import yaml
 
 from pipeline.config import deep_merge
 from pipeline.ports import free_port  # noqa: F401 - tests import it from here
+from synthetic import ACTIONS, ImageTree, write_ilsvrc_sample, write_image_tree
 
 PROJECT = Path(__file__).resolve().parent.parent
-# Real ImageNet-derived images; never copied into the project (see ../shared/data/README.md).
-SHARED_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+# The extra tier: real ImageNet-derived images, read where they lie and never copied into the
+# project. Its tests run whenever the folder exists and are left out (not skipped) otherwise.
+REAL_DATA = Path(os.environ.get("PIPELINE_SHARED_DATA", PROJECT.parent / "shared" / "data"))
+REAL_FOLDERS = ("imagenette-ci", "ilsvrc2012-sample")
+SOURCES = ["synthetic", pytest.param("real", marks=pytest.mark.real_data)]
 
 
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(
-            f"{path} not found: these tests need the shared test images "
-            "(set PIPELINE_SHARED_DATA to the folder that holds imagenette-ci/ etc.)"
-        )
-    return path
+def real_data_present() -> bool:
+    return all((REAL_DATA / name).is_dir() for name in REAL_FOLDERS)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if real_data_present():
+        return f"real-data tier: on ({REAL_DATA})"
+    return (
+        f"real-data tier: off ({REAL_DATA} not found; set PIPELINE_SHARED_DATA to the folder "
+        f"that holds {' and '.join(REAL_FOLDERS)} to run it)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without the real images, their tier is deselected: it is an extra, not a failure."""
+    if real_data_present():
+        return
+    deselected = [item for item in items if item.get_closest_marker("real_data")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("real_data")]
 
 
 @pytest.fixture(scope="session")
-def imagenette_ci() -> Path:
-    return shared_dataset("imagenette-ci")
+def synthetic_tree(tmp_path_factory: pytest.TempPathFactory) -> ImageTree:
+    """An ImageNet-shaped folder tree drawn with Pillow (tests/synthetic.py)."""
+    return write_image_tree(tmp_path_factory.mktemp("synthetic-tree") / "images")
 
 
-@pytest.fixture(scope="session")
-def ilsvrc_sample() -> Path:
-    return shared_dataset("ilsvrc2012-sample")
+@pytest.fixture(scope="session", params=SOURCES)
+def image_tree(request: pytest.FixtureRequest) -> ImageTree:
+    """The synthetic tree, and Imagenette's real 224 px images where the real tier runs."""
+    if request.param == "synthetic":
+        return request.getfixturevalue("synthetic_tree")
+    from PIL import Image
+
+    root = REAL_DATA / "imagenette-ci"
+    tree = ImageTree(root)
+    for path in sorted(root.glob("train/*/*.JPEG")):
+        gray = Image.open(path).mode == "L"  # Imagenette holds some grayscale JPEGs
+        tree.train_actions[str(path.relative_to(root))] = ACTIONS["gray" if gray else "rgb"]
+    return tree
+
+
+@pytest.fixture(scope="session", params=SOURCES)
+def ilsvrc_sample(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The ILSVRC2012 files in miniature, and the real ones where the real tier runs."""
+    if request.param == "real":
+        return REAL_DATA / "ilsvrc2012-sample"
+    return write_ilsvrc_sample(tmp_path_factory.mktemp("synthetic-ilsvrc") / "sample")
 
 
 def write_config(folder: Path, data_root: Path, **changes: Any) -> Path:

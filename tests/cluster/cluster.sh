@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A throwaway single-node Slurm cluster (Slurm 22.05 from Debian's packages) with accounting:
 # munge, MariaDB, slurmdbd, slurmctld and slurmd, all started in the background as root, no
-# systemd, no cgroups. Used by `make test` (tests/e2e/test_slurm.py) and by hand:
+# systemd, no cgroups. Used by the Slurm test tier (`PIPELINE_TEST_SLURM=1 make test`, which
+# .ci/run asks for; tests/e2e/test_slurm.py) and by hand:
 #
 #   tests/cluster/cluster.sh up        install what is missing, write configs, start, wait idle
 #   tests/cluster/cluster.sh down      stop every daemon it started (by pid), remove its configs

@@ -16,8 +16,10 @@ def test_lint_is_clean(tmp_path):
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
 
 
-def test_dry_run_plans_one_job_per_shard(tmp_path, imagenette_ci):
-    config = write_config(tmp_path, imagenette_ci, data={"num_shards": {"train": 3, "val": 2}})
+def test_dry_run_plans_one_job_per_shard(tmp_path, synthetic_tree):
+    config = write_config(
+        tmp_path, synthetic_tree.root, data={"num_shards": {"train": 3, "val": 2}}
+    )
     result = snakemake(tmp_path, "verify", "-n", "--configfile", str(config))
     out = result.stdout
     assert planned_rules(out) == {"index", "shard", "shard_index", "verify"}
@@ -25,16 +27,16 @@ def test_dry_run_plans_one_job_per_shard(tmp_path, imagenette_ci):
     assert "demo_data" not in out  # a real dataset has no demo rule
 
 
-def test_bad_config_is_refused_before_anything_runs(tmp_path, imagenette_ci):
-    config = write_config(tmp_path, imagenette_ci, data={"jpeg_quality": 0})
+def test_bad_config_is_refused_before_anything_runs(tmp_path, synthetic_tree):
+    config = write_config(tmp_path, synthetic_tree.root, data={"jpeg_quality": 0})
     result = snakemake(tmp_path, "-n", "--configfile", str(config), check=False)
     assert result.returncode != 0
     assert "jpeg_quality" in result.stdout + result.stderr
 
 
 @pytest.mark.slow
-def test_data_rules_run_and_one_shard_can_be_rebuilt_alone(tmp_path, imagenette_ci):
-    config_path = write_config(tmp_path, imagenette_ci)
+def test_data_rules_run_and_one_shard_can_be_rebuilt_alone(tmp_path, synthetic_tree):
+    config_path = write_config(tmp_path, synthetic_tree.root)
     snakemake(tmp_path, "verify", "--cores", "2", "--configfile", str(config_path))
     paths = DataPaths.of(load_config(config_path))
     verified = json.loads(paths.verified.read_text())

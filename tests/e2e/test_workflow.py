@@ -1,4 +1,4 @@
-"""The whole DAG as a user runs it: snakemake on imagenette-ci, a small model for 2 epochs,
+"""The whole DAG as a user runs it: snakemake on the synthetic tree, a small model for 2 epochs,
 then the report, `snakemake --report`, re-runs after config changes, an MLflow server, and a
 config with two experiments."""
 
@@ -36,9 +36,9 @@ SMALL_RUN = {
 
 
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory, imagenette_ci):
+def workflow(tmp_path_factory, synthetic_tree):
     tmp = tmp_path_factory.mktemp("workflow")
-    path = write_config(tmp, imagenette_ci, experiment="small", **SMALL_RUN)
+    path = write_config(tmp, synthetic_tree.root, experiment="small", **SMALL_RUN)
     result = snakemake(tmp, "--cores", "2", "--configfile", str(path))
     return tmp, path, load_config(path), result
 

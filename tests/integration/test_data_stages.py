@@ -1,4 +1,4 @@
-"""index -> shard -> shard-index -> verify on real images plus crafted bad files."""
+"""index -> shard -> shard-index -> verify on an ImageNet-shaped tree plus crafted bad files."""
 
 import csv
 import io
@@ -29,14 +29,17 @@ def _jpeg(image: Image.Image, **options) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, imagenette_ci):
-    """imagenette-ci plus the kinds of file ImageNet really contains, and some it should not."""
+def dataset(tmp_path_factory, image_tree):
+    """The tree plus one more of each kind of file ImageNet really contains, and some it
+    should not."""
     tmp = tmp_path_factory.mktemp("stages")
     root = tmp / "images"
-    shutil.copytree(imagenette_ci, root)
+    shutil.copytree(image_tree.root, root)
     wnid = sorted(p.name for p in (root / "train").iterdir())[0]
     folder = root / "train" / wnid
-    real = sorted(folder.glob("*.JPEG"))[0]
+    real = next(
+        root / p for p, action in sorted(image_tree.train_actions.items()) if action == "kept"
+    )
     rgb = Image.open(real).convert("RGB")
     (folder / "cmyk.JPEG").write_bytes(_jpeg(rgb.convert("CMYK")))
     (folder / "gray.JPEG").write_bytes(_jpeg(rgb.convert("L")))
@@ -50,11 +53,11 @@ def dataset(tmp_path_factory, imagenette_ci):
     config_path = write_config(tmp, root, data={"num_shards": {"train": 3, "val": 2}})
     run_stage("index", "--config", str(config_path))
     run_stage("shard", "--config", str(config_path), "--jobs", "2")
-    return load_config(config_path), config_path
+    return load_config(config_path), config_path, image_tree
 
 
-def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(dataset, imagenette_ci):
-    config, _ = dataset
+def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(dataset):
+    config, _, image_tree = dataset
     paths = DataPaths.of(config)
     summary = json.loads(paths.index_summary.read_text())
     assert summary["layout"] == "folder"
@@ -78,27 +81,29 @@ def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(data
     for shard in index["shards"]:
         for what, n in shard["actions"].items():
             actions[what] = actions.get(what, 0) + n
-    # imagenette holds real grayscale JPEGs too; everything else real is kept byte for byte.
-    real_gray = sum(Image.open(p).mode == "L" for p in imagenette_ci.glob("train/*/*.JPEG"))
-    assert real_gray > 0
-    assert actions == {
-        "re-encoded: CMYK JPEG": 1,
-        "re-encoded: grayscale JPEG": 1 + real_gray,
-        "re-encoded: PNG file": 1,
-        "re-encoded: longer side 600 > max_side 256": 1,
-        "kept": 200 - real_gray,
-    }
+    # The tree's own files (the real tier's hold grayscale JPEGs too), plus the added ones.
+    expected = image_tree.action_counts()
+    assert expected["kept"] < 200 and expected["re-encoded: grayscale JPEG"] > 0
+    expected.update(
+        {
+            "re-encoded: CMYK JPEG": 1,
+            "re-encoded: grayscale JPEG": 1,
+            "re-encoded: PNG file": 1,
+            "re-encoded: longer side 600 > max_side 256": 1,
+        }
+    )
+    assert actions == dict(expected)
 
 
 def test_every_shard_mixes_classes(dataset):
-    config, _ = dataset
+    config, _, _ = dataset
     index = json.loads(DataPaths.of(config).shard_index("train").read_text())
     for shard in index["shards"]:
         assert sum(n > 0 for n in shard["label_histogram"]) == 10
 
 
 def test_a_shard_rebuilt_alone_is_byte_identical(dataset, tmp_path):
-    config, _ = dataset
+    config, _, _ = dataset
     paths = DataPaths.of(config)
     before = json.loads(paths.shard_stats("train", 1, 3).read_text())
     run_shard(config, "train", 1)
@@ -107,7 +112,7 @@ def test_a_shard_rebuilt_alone_is_byte_identical(dataset, tmp_path):
 
 
 def test_verify_passes_then_names_a_flipped_byte_and_a_truncated_shard(dataset, tmp_path):
-    config, config_path = dataset
+    config, config_path, _ = dataset
     ok = run_stage("verify", "--config", str(config_path))
     assert "train: 3 shards, 204 rows: ok" in ok.stderr
 
