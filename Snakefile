@@ -7,7 +7,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from pipeline.config import resolve
+from pipeline.config_files import resolve
 
 min_version("9.0")
 

@@ -10,7 +10,7 @@
 5. Last, so that a slow or failing compile costs none of the above: 1's bf16 + channels_last
    with the optimizer update compiled (`train.compile_optimizer`), and how long that took.
 
-Goals (issue 6): >= 3,000 img/s for 3 on one H200 (NVIDIA's published anchor: 2,470 img/s on
+Goals: >= 3,000 img/s for 3 on one H200 (NVIDIA's published anchor: 2,470 img/s on
 an A100 with AMP and DALI), and 2 >= 1.2 x 3. Run by benchmarks/gpu.sh; `--device cpu --quick`
 checks the script on a machine without a GPU (tests/integration/test_gpu_benchmark.py does, with
 `--arch resnet18`).
@@ -41,16 +41,12 @@ sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loader import time_loader  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
-from pipeline.config import ModelConfig, load_config  # noqa: E402
-from pipeline.data.loader import (  # noqa: E402
-    Normalizer,
-    SampleKeys,
-    ShardDataset,
-    TrainBatchSampler,
-    TrainTransform,
-    make_loader,
-)
-from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
+from pipeline import stages  # noqa: E402
+from pipeline.config import ModelConfig  # noqa: E402
+from pipeline.config_files import load_config  # noqa: E402
+from pipeline.data.loader import ShardDataset, make_loader  # noqa: E402
+from pipeline.data.samplers import SampleKeys, TrainBatchSampler  # noqa: E402
+from pipeline.data.transforms import Normalizer, TrainTransform  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.train.distributed import AllReduceState, allreduce_hook  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
@@ -97,8 +93,8 @@ def build_shards(work: Path, images: int) -> Path:
         )
     )
     config = load_config(config_path)
-    run_index(config)
-    run_all_shards(config, jobs=os.cpu_count() or 1)
+    stages.index(config)
+    stages.all_shards(config, jobs=os.cpu_count() or 1)
     return work / "results" / "data" / "synthetic" / "shards" / "train"
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU benchmark, one short run on a lent device machine (see issue 6 and docs/performance.md).
+# GPU benchmark, one short run on a GPU machine (docs/performance.md, "GPU").
 # It installs nothing from the network: the device image has PyTorch, torchvision, pyarrow,
 # Pillow, PyYAML and tqdm; pydantic (this package's config schema) travels as wheels in .whl/,
 # fetched here beforehand with benchmarks/gpu_wheels.sh. Run from the repository root:

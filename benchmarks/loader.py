@@ -17,7 +17,7 @@ number of workers: what the workers could deliver with zero loader overhead. Als
 loop in as many processes as workers at once (summed), which is what this machine gives
 parallel workers at best.
 
-    python benchmarks/loader.py                      # ../shared/data/imagenette
+    python benchmarks/loader.py                      # --data: ImageNet-style folder tree
     python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 10 --varied
 """
 
@@ -45,15 +45,11 @@ sys.path.insert(0, str(PROJECT))
 from benchmarks.order import balanced_order  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
-from pipeline.data.loader import (  # noqa: E402
-    Normalizer,
-    ShardDataset,
-    TrainBatchSampler,
-    TrainTransform,
-    make_loader,
-)
-from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
+from pipeline import stages  # noqa: E402
+from pipeline.config_files import load_config  # noqa: E402
+from pipeline.data.loader import ShardDataset, make_loader  # noqa: E402
+from pipeline.data.samplers import TrainBatchSampler  # noqa: E402
+from pipeline.data.transforms import Normalizer, TrainTransform  # noqa: E402
 from pipeline.paths import DataPaths  # noqa: E402
 
 
@@ -79,8 +75,8 @@ def build_shards(image_root: Path, work: Path, name: str) -> Path:
     config = load_config(config_path)
     paths = DataPaths.of(config)
     if not paths.shard_index("train").is_file():
-        run_index(config)
-        run_all_shards(config, jobs=os.cpu_count() or 1)
+        stages.index(config)
+        stages.all_shards(config, jobs=os.cpu_count() or 1)
     return paths.shard_dir("train")
 
 
@@ -181,7 +177,7 @@ def _ceiling_process(shards: Path, count: int, barrier, rates) -> None:
 
 def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
     """The tight loops of `processes` processes at once, summed: what the workers could reach
-    on this machine at best (cores shared with the system, memory bandwidth, VM neighbours)."""
+    on this machine at best (cores shared with the system, memory bandwidth, neighbours)."""
     context = mp.get_context("fork")
     barrier, rates = context.Barrier(processes), context.Queue()
     started = [
@@ -217,7 +213,7 @@ def compare(name: str, image_root: Path, shards: Path, args) -> dict:
         done = ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items())
         print(f"  [{name}] repeat {repeat + 1}: {done}", flush=True)
     median = {k: statistics.median(v) for k, v in rates.items()}
-    # Ratios within each repeat, then their median: the VM's drift cancels within a repeat.
+    # Ratios within each repeat, then their median: the machine's drift cancels within one.
     paired = {
         "ratio": paired_ratios(rates["ours"], rates["imagefolder"]),
         "ratio_cpu_normalize": paired_ratios(rates["ours_cpu_norm"], rates["imagefolder"]),

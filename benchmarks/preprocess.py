@@ -38,9 +38,9 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from benchmarks.report import write_benchmark_report  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline import stages  # noqa: E402
+from pipeline.config_files import load_config  # noqa: E402
 from pipeline.data.images import prepare_image  # noqa: E402
-from pipeline.data.stages import run_all_shards, run_index  # noqa: E402
 
 # Imagenette in 8 + 2 shards of ~1,300 images, or in 2 + 1 of ~4,500: about the ~5,000 images
 # of an ImageNet shard (`config/experiments/imagenet-akiba-32k.yaml`), where a job's fixed cost
@@ -90,8 +90,8 @@ def in_process(work: Path, data: Path, jobs: int, tag: str) -> dict[str, float]:
     shutil.rmtree(folder, ignore_errors=True)
     config = load_config(write_config(work, data, tag, SMALL_SHARDS))
     start = time.perf_counter()
-    run_index(config)
-    run_all_shards(config, jobs=jobs)
+    stages.index(config)
+    stages.all_shards(config, jobs=jobs)
     elapsed = time.perf_counter() - start
     shutil.rmtree(folder, ignore_errors=True)
     return {"wall_s": elapsed}

@@ -51,7 +51,7 @@ from benchmarks.order import balanced_order  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
 from pipeline.config import ModelConfig, OptimizerConfig  # noqa: E402
-from pipeline.data.loader import Normalizer  # noqa: E402
+from pipeline.data.transforms import Normalizer  # noqa: E402
 from pipeline.ports import free_port  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402
@@ -201,7 +201,7 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
             runners[name](None)
     done = dict.fromkeys(names, 0)  # timed iterations each variant has run
     for repeat in range(args.repeats):
-        # Many short measurements, interleaved, in a balanced order: the VM's speed drifts
+        # Many short measurements, interleaved, in a balanced order: a shared machine's speed drifts
         # over seconds, so a variant and the plain loop timed close together in one repeat
         # compare better, and whatever running first or right after a given variant costs
         # is spread over all of them.

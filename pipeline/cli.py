@@ -1,7 +1,8 @@
 """`python -m pipeline <stage> --config FILE [--set dotted.key=value ...]`.
 
-One subcommand per stage; each parses its arguments, loads the config and calls the stage.
-Snakemake rules call exactly these commands, so any stage can be re-run by hand.
+One subcommand per stage; each parses its arguments, loads the config and calls the stage in
+pipeline/stages.py. Snakemake rules call exactly these commands, so any stage can be re-run by
+hand.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline.config import SCHEMA_PATH, Config, ConfigError, load_config, schema_text
+from pipeline import stages
+from pipeline.config import Config, ConfigError
+from pipeline.config_files import SCHEMA_PATH, load_config, schema_text
 from pipeline.errors import PipelineError
 
 
@@ -33,101 +36,52 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from pipeline.data.demo import write_demo_tree
-
-    counts = write_demo_tree(_config(args))
-    print(
-        f"demo-data: wrote {counts['train']} train and {counts['val']} val JPEGs", file=sys.stderr
-    )
+    stages.demo_data(_config(args))
     return 0
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from pipeline.data.stages import run_index
-
-    run_index(_config(args))
+    stages.index(_config(args))
     return 0
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from pipeline.data.stages import run_all_shards, run_shard
-
     config = _config(args)
     if (args.split is None) != (args.shard is None):
         raise ConfigError("give both --split and --shard to build one shard, or neither for all")
     if args.split is None:
-        run_all_shards(config, jobs=args.jobs)
+        stages.all_shards(config, jobs=args.jobs)
     else:
-        run_shard(config, args.split, args.shard)
+        stages.shard(config, args.split, args.shard)
     return 0
 
 
 def cmd_shard_index(args: argparse.Namespace) -> int:
-    from pipeline.data.stages import run_shard_index
-
-    run_shard_index(_config(args))
+    stages.shard_index(_config(args))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.data.stages import run_verify
-
-    problems = run_verify(_config(args))
-    for problem in problems:
-        print(f"verify: FAILED: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return 1 if stages.verify(_config(args)) else 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.launch import run_train
-
-    summary = run_train(_config(args), fresh=args.fresh)
-    final = summary.get("final", {})
-    if final:
-        print(
-            f"train: done: val_top1 {100 * final['val_top1']:.2f} %, "
-            f"val_top5 {100 * final['val_top5']:.2f} % after {summary['epochs']} epochs "
-            f"({summary['wall_time_s']:.0f} s); weights in {summary['final_weights']}",
-            file=sys.stderr,
-        )
+    stages.train(_config(args), fresh=args.fresh)
     return 0
 
 
 def cmd_sync_mlflow(args: argparse.Namespace) -> int:
-    from pipeline.paths import RunPaths
-    from pipeline.tracking import Journal, sync_journal
-
-    config = _config(args)
-    journal = Journal(RunPaths.of(config).journal)
-    if not journal.path.is_file():
-        raise ConfigError(f"{journal.path} not found: nothing to sync (has training run?)")
-    result = sync_journal(journal, config.tracking_uri)
-    made = " (created: the run did not exist in the store)" if result.created else ""
-    print(f"sync-mlflow: run {result.run_id}{made}: {result.added} metrics added", file=sys.stderr)
+    stages.sync_mlflow(_config(args))
     return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.paths import ReportPaths
-    from pipeline.report import run_report
-
-    config = _config(args)
-    summary = run_report(config)
-    print(
-        f"report: {ReportPaths.of(config).root}: final val_top1 "
-        f"{100 * summary['final_val_top1']:.2f} % (best {100 * summary['best_val_top1']:.2f} %)",
-        file=sys.stderr,
-    )
+    stages.report(_config(args))
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from pipeline.paths import ComparisonPaths
-    from pipeline.report import run_compare
-
-    config = _config(args)
-    run_compare(config, args.summaries)
-    print(f"compare: wrote {ComparisonPaths.of(config).markdown}", file=sys.stderr)
+    stages.compare(_config(args), args.summaries)
     return 0
 
 

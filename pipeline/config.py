@@ -1,29 +1,20 @@
-"""The one configuration schema of the pipeline.
+"""The one configuration schema of the pipeline, as pydantic models.
 
-Every stage reads a YAML file into these pydantic models; `workflow/schemas/config.schema.json`
-is generated from them (`python -m pipeline schema --write`) and the Snakefile validates against
-it. Unknown keys and bad values are errors that name the dotted key, the value and what is
-allowed, so a typo never silently falls back to a default.
+Every stage reads its YAML file into `Config` (pipeline/config_files.py);
+`workflow/schemas/config.schema.json` is generated from these models and the Snakefile validates
+against it. Models forbid unknown keys, so a typo never silently falls back to a default.
 """
 
 from __future__ import annotations
 
-import copy
-import difflib
-import hashlib
-import itertools
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline import atomic
 from pipeline.errors import PipelineError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.json"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 
@@ -173,9 +164,6 @@ class TrainConfig(_Strict):
     log_every: int = Field(
         10, ge=1, description="Per-iteration metrics, NaN checks and progress every N steps."
     )
-    fail_at_iteration: int | None = Field(
-        None, description="Testing aid: make the loss NaN at this iteration."
-    )
 
 
 class LauncherConfig(_Strict):
@@ -278,245 +266,3 @@ class Config(_Strict):
     @property
     def results_path(self) -> Path:
         return Path(os.path.expandvars(os.path.expanduser(self.results_dir)))
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-
-
-def _set_dotted(mapping: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = mapping
-    for i, part in enumerate(parents):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        elif not isinstance(child, dict):
-            prefix = ".".join(parents[: i + 1])
-            raise ConfigError(f"cannot set '{dotted}': '{prefix}' is {child!r}, not a section")
-        node = child
-    node[leaf] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`data.max_side=400` -> ('data.max_side', 400); the value is read as YAML."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set expects dotted.key=value, got {text!r}")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot read value {raw!r} as YAML: {err}") from None
-    return key.strip(), value
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        loaded = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, not {type(loaded).__name__}")
-    return loaded
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a config file, apply `--set` overrides, validate."""
-    mapping = read_yaml(path)
-    for text in overrides:
-        key, value = parse_override(text)
-        _set_dotted(mapping, key, value)
-    return config_from_mapping(mapping, source=str(path))
-
-
-def config_from_mapping(mapping: dict[str, Any], source: str = "config") -> Config:
-    try:
-        return Config.model_validate(mapping)
-    except ValidationError as err:
-        raise ConfigError(_explain(err, source)) from None
-
-
-def resolve(mapping: dict[str, Any]) -> dict[str, Any]:
-    """The validated config with every default filled in, as plain data."""
-    return config_from_mapping(mapping).model_dump(mode="json")
-
-
-def _explain(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for problem in err.errors():
-        loc = [str(p) for p in problem["loc"]]
-        key = ".".join(loc)
-        if problem["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
-            close = difflib.get_close_matches(loc[-1], allowed, n=1)
-            hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
-            lines.append(f"  unknown key '{key}'{hint}; allowed here: {', '.join(sorted(allowed))}")
-        elif problem["type"] == "missing":
-            lines.append(f"  missing required key '{key}'")
-        else:
-            value = problem.get("input")
-            lines.append(f"  {key} = {value!r}: {problem['msg']}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(parent: list[str]) -> list[str]:
-    model: type[BaseModel] = Config
-    for part in parent:
-        annotation = model.model_fields[part].annotation
-        model = next(
-            (a for a in getattr(annotation, "__args__", (annotation,)) if _is_model(a)), model
-        )
-    return list(model.model_fields)
-
-
-def _is_model(obj: Any) -> bool:
-    return isinstance(obj, type) and issubclass(obj, BaseModel)
-
-
-# --------------------------------------------------------------------------------------------
-# Derived artefacts
-
-
-def json_schema() -> dict[str, Any]:
-    schema = Config.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["description"] = (
-        "Generated from pipeline/config.py by `python -m pipeline schema --write`; do not edit."
-    )
-    return schema
-
-
-def schema_text() -> str:
-    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def config_hash(config: BaseModel, length: int = 8) -> str:
-    """A short stable hash of a config (or one of its sections)."""
-    text = json.dumps(config.model_dump(mode="json"), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:length]
-
-
-def write_resolved(config: Config, path: Path) -> Path:
-    """Write the fully resolved config (every default filled in) if its content changed.
-
-    Snakemake rules hand this file to the stages, so a stage sees exactly what the workflow saw,
-    including `snakemake --config` overrides. Unchanged content leaves the file untouched.
-    """
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-    if not (path.is_file() and path.read_text() == text):
-        atomic.write_text(path, text)
-    return path
-
-
-# Bookkeeping, and the compiled optimizer update (the same arithmetic in one fused loop: only
-# rounding differs, as with another thread count), so a run can resume with either setting.
-UNFINGERPRINTED_TRAIN_KEYS = {
-    "checkpoint_every_min",
-    "keep_checkpoints",
-    "log_every",
-    "compile_optimizer",
-}
-
-
-def training_fingerprint(config: Config) -> str:
-    """Hash of every setting that changes the trained weights (not bookkeeping like the
-    checkpoint interval or the Slurm partition). The Snakemake train rule re-runs when it
-    changes; the shards' own identity is added at train time by `run_fingerprint`."""
-    d = config.model_dump(mode="json")
-    relevant = {
-        "seed": d["seed"],
-        "model": d["model"],
-        "optimizer": d["optimizer"],
-        "schedule": d["schedule"],
-        "train": {k: v for k, v in d["train"].items() if k not in UNFINGERPRINTED_TRAIN_KEYS},
-        "world_size": config.launcher.world_size,
-        "data": {
-            k: d["data"][k] for k in ("name", "image_size", "val_resize", "crop_scale_min", "hflip")
-        },
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
-
-
-EXPERIMENT_FORBIDDEN = ("data", "results_dir", "experiments", "sweep")
-
-
-def expand_experiments(config: Config) -> list[Config]:
-    """The experiments a config describes: itself, or one per `experiments` entry and one per
-    `sweep` point (merged over this config). All share the data, so none may change it."""
-    overrides = [(f"experiments[{i}]", o) for i, o in enumerate(config.experiments or [])]
-    if config.sweep is not None:
-        overrides += sweep_points(config)
-    if not overrides:
-        return [config]
-    base = config.model_dump(mode="json")
-    base.pop("experiments")
-    base.pop("sweep")
-    expanded: dict[str, Config] = {}
-    for where, override in overrides:
-        if "experiment" not in override:
-            raise ConfigError(f"{where} needs its own `experiment` name")
-        for key in EXPERIMENT_FORBIDDEN:
-            if key in override:
-                raise ConfigError(
-                    f"{where}.{key}: experiments share the shards and results folder; "
-                    f"set {key} once at the top level"
-                )
-        merged = deep_merge(json.loads(json.dumps(base)), override)
-        experiment = config_from_mapping(merged, source=f"{where} ({override['experiment']})")
-        if experiment.experiment in expanded:
-            raise ConfigError(f"{where}: experiment name {experiment.experiment!r} is used twice")
-        expanded[experiment.experiment] = experiment
-    return list(expanded.values())
-
-
-SWEEP_NAMES = {"train.global_batch": "b", "train.accumulate": "acc"}  # short name parts
-
-
-def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
-    """One override per (method, grid point), named <experiment>-<method>-<key><value>..."""
-    sweep = config.sweep
-    assert sweep is not None
-    methods = sweep.methods or {"": {}}
-    keys = list(sweep.grid)
-    points = []
-    for method, recipe in methods.items():
-        for values in itertools.product(*(sweep.grid[k] for k in keys)):
-            override = copy.deepcopy(recipe)
-            parts = [config.experiment] + ([method] if method else [])
-            for key, value in zip(keys, values, strict=True):
-                parts.append(f"{SWEEP_NAMES.get(key, key.rsplit('.', 1)[-1])}{value}")
-                if key == "train.global_batch":
-                    key, value = "train.accumulate", _accumulate_for(config, override, value)
-                _set_dotted(override, key, value)
-            override["experiment"] = "-".join(parts)
-            if method:
-                override["label"] = method
-            points.append((f"sweep point {override['experiment']}", override))
-    return points
-
-
-def _accumulate_for(config: Config, override: dict[str, Any], global_batch: Any) -> int:
-    merged = deep_merge(config.model_dump(mode="json"), override)  # only the dump is changed
-    per_step = merged["train"]["batch_per_worker"] * (
-        merged["launcher"]["nodes"] * merged["launcher"]["tasks_per_node"]
-    )
-    if not isinstance(global_batch, int) or global_batch % per_step:
-        raise ConfigError(
-            f"sweep.grid.train.global_batch = {global_batch!r}: must be a multiple of "
-            f"batch_per_worker x world size = {per_step}"
-        )
-    return global_batch // per_step
-
-
-def deep_merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            deep_merge(base[key], value)
-        else:
-            base[key] = value
-    return base

@@ -10,3 +10,11 @@ def first_line(err: BaseException, limit: int = 300) -> str:
     type when the message is empty, for one-line reports of errors from other libraries."""
     text = str(err).strip()
     return text.splitlines()[0][:limit] if text else type(err).__name__
+
+
+class DataStageError(PipelineError, RuntimeError):
+    """A data stage cannot go on; the message says which file and what to do."""
+
+
+class LayoutError(PipelineError, ValueError):
+    """The folder does not look like the layout asked for, or a label file is unusable."""

@@ -1,15 +1,12 @@
 """Submitting training through submitit, waiting for it, and re-attaching after a restart.
 
-`run_train` is the `train` stage. It submits one job (local processes, Slurm, or in-process
-debug), records its id in `runs/<experiment>/train/job.json`, streams rank 0's output and waits.
-If that job is still alive when `train` runs again (Snakemake was restarted), it re-attaches
-instead of submitting a second job. A new job resumes from the latest valid checkpoint of the
-experiment when it was made with the same config and data (the fingerprint); otherwise the old
-run is moved aside, never deleted.
-
-`TrainJob` is the callable submitit runs in every task. It is checkpointable: on the requeue
-signal (time limit or preemption) the tasks agree on a step, save a checkpoint, and rank 0 hands
-over to submitit, which resubmits the same callable; the new job resumes from that checkpoint.
+`submit_and_wait` is the `train` stage's work. It submits one job (local processes, Slurm, or
+in-process debug) that runs `pipeline.train.job.TrainJob` in every task, records its id in
+`runs/<experiment>/train/job.json`, streams rank 0's output and waits. If that job is still
+alive when `train` runs again (Snakemake was restarted), it re-attaches instead of submitting a
+second job. A new job resumes from the latest valid checkpoint of the experiment when it was
+made with the same config and data (the fingerprint); otherwise the old run is moved aside,
+never deleted.
 """
 
 from __future__ import annotations
@@ -18,25 +15,23 @@ import contextlib
 import hashlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import submitit
 
 from pipeline import atomic
-from pipeline.config import Config, training_fingerprint
+from pipeline.config import Config
 from pipeline.errors import PipelineError
-from pipeline.hardware import cpu_name
 from pipeline.paths import SPLITS, DataPaths, RunPaths
 from pipeline.ports import free_port
+from pipeline.stage_keys import stage_fingerprint
 from pipeline.train import checkpoint
+from pipeline.train.job import TrainJob
 
 ALIVE_SLURM_STATES = {
     "PENDING",
@@ -65,7 +60,7 @@ class TrainFailed(PipelineError, RuntimeError):
 def run_fingerprint(config: Config) -> str:
     """The training fingerprint plus the exact shards (their index.json files)."""
     data = DataPaths.of(config)
-    digest = hashlib.sha256(training_fingerprint(config).encode())
+    digest = hashlib.sha256(stage_fingerprint(config, "train").encode())
     for split in SPLITS:
         index = data.shard_index(split)
         if not index.is_file():
@@ -83,122 +78,6 @@ def git_commit() -> str:
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-# --------------------------------------------------------------------------------------------
-# What runs inside the job
-
-
-@dataclass
-class _StopHandler:
-    """Replaces submitit's requeue-signal handler: the signal only raises a flag, the loop
-    saves a checkpoint at the next agreed step, then submitit's own handler requeues."""
-
-    flag: Any
-    original: Any = None
-
-    def install(self) -> None:
-        usr_signal = signal.SIGUSR2
-        self.original = signal.getsignal(usr_signal)
-        signal.signal(usr_signal, self._raise_flag)
-
-    def _raise_flag(self, signum: int, frame: Any) -> None:
-        print(
-            f"received {signal.Signals(signum).name}: checkpointing at the next step",
-            file=sys.stderr,
-            flush=True,
-        )
-        self.flag.requested = True
-
-    def hand_over(self) -> None:
-        """Let submitit checkpoint (our `checkpoint` method) and requeue; it exits."""
-        if callable(self.original):
-            self.original(signal.SIGUSR2, None)
-
-
-class TrainJob(submitit.helpers.Checkpointable):
-    """The function every task of the training job runs."""
-
-    def __init__(self, config: dict[str, Any], fingerprint: str, tags: dict[str, str]) -> None:
-        self.config = config
-        self.fingerprint = fingerprint
-        self.tags = tags
-
-    def __call__(self) -> dict[str, Any]:
-        import torch
-
-        from pipeline.tracking import Journal, Tracker, flatten
-        from pipeline.train.distributed import init_distributed, shutdown_distributed
-        from pipeline.train.host_memory import retain_freed_memory
-        from pipeline.train.loop import Preempted, StopFlag, Trainer
-
-        config = Config.model_validate(self.config)
-        stop = StopFlag()
-        handler = _StopHandler(stop)
-        if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
-            handler.install()
-        env = init_distributed(use_gpu=config.launcher.gpus_per_node > 0)
-        if env.device.type == "cpu":
-            torch.set_num_threads(config.launcher.cpus_per_task)
-            retain_freed_memory()  # no page faults for the same buffers every step
-        trainer = Trainer(config, env, self.fingerprint, stop)
-        tracker = None
-        if env.is_main:
-            tags = {
-                **self.tags,
-                **self._job_tags(env, torch),
-                "steps_per_epoch": str(trainer.sampler.steps_per_epoch),
-            }
-            tracker = Tracker(
-                Journal(RunPaths.of(config).journal),
-                config.tracking_uri,
-                config.experiment,
-                run_name=f"{config.experiment}-{self.fingerprint[:8]}",
-                params=flatten(self.config),
-                tags=tags,
-                run_id=trainer.run_id,
-            )
-            trainer.run_id = tracker.run_id
-        status = "FAILED"
-        try:
-            summary = trainer.fit(tracker)
-            trainer.save_final()
-            status = "FINISHED"
-            return summary
-        except Preempted:
-            status = "RUNNING"  # the requeued job continues this MLflow run
-            if tracker is not None:
-                tracker.close(status)
-                tracker = None
-            shutdown_distributed()
-            if env.is_main:
-                handler.hand_over()  # submitit requeues and exits the process
-            sys.exit(0)
-        finally:
-            if tracker is not None:
-                tracker.close(status)
-            shutdown_distributed()
-
-    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
-        # The state is on disk already (saved by the loop); the new job resumes from it.
-        return submitit.helpers.DelayedSubmission(
-            TrainJob(self.config, self.fingerprint, self.tags)
-        )
-
-    @staticmethod
-    def _job_tags(env: Any, torch: Any) -> dict[str, str]:
-        device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else cpu_name()
-        return {
-            "world_size": str(env.world_size),
-            "host": socket.gethostname(),
-            "slurm_job_id": os.environ.get("SLURM_JOB_ID", "none"),
-            "device": device,
-            "backend": env.backend,
-        }
-
-
-# --------------------------------------------------------------------------------------------
-# Submitting, waiting, re-attaching
 
 
 def make_executor(config: Config, folder: Path) -> submitit.Executor:
@@ -373,7 +252,7 @@ def _archive_run(run: RunPaths, reason: str) -> None:
     print(f"train: {reason}; the previous run is kept in {target}", file=sys.stderr)
 
 
-def run_train(config: Config, fresh: bool = False) -> dict[str, Any]:
+def submit_and_wait(config: Config, fresh: bool = False) -> dict[str, Any]:
     run = RunPaths.of(config)
     fingerprint = run_fingerprint(config)
     job = None if fresh else _reattach(run, config, fingerprint)

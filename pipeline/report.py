@@ -200,8 +200,9 @@ def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
     atomic.write_text(path, "\n".join(lines))
 
 
-def run_report(config: Config) -> dict[str, Any]:
-    """The report stage for one experiment."""
+def write_report(config: Config) -> dict[str, Any]:
+    """The report of one experiment, read back from MLflow after backfilling it from the
+    journal; also logged as artifacts of the run. Returns summary.json's content."""
     run_paths = RunPaths.of(config)
     report = ReportPaths.of(config)
     uri = config.tracking_uri
@@ -239,7 +240,7 @@ def _spread(values: list[float]) -> str:
     return f"{mean:.2f} % ({100 * min(values):.2f}-{100 * max(values):.2f}, n={len(values)})"
 
 
-def run_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) -> None:
+def render_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) -> None:
     """summary.md and summary.png over several experiments: one row per method and batch size
     (mean and min-max over seeds), then every run; top-1 against batch size per method."""
     import matplotlib
@@ -304,10 +305,10 @@ def run_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) 
     plt.close(fig)
 
 
-def run_compare(config: Config, summary_files: list[Path] | None = None) -> None:
-    """The compare stage: summary.md / summary.png over `summary_files`, by default those of
-    every experiment of the config."""
-    from pipeline.config import expand_experiments
+def write_comparison(config: Config, summary_files: list[Path] | None = None) -> None:
+    """summary.md / summary.png over `summary_files`, by default those of every experiment of
+    the config."""
+    from pipeline.experiments import expand_experiments
 
     if summary_files is None:
         summary_files = [ReportPaths.of(e).summary for e in expand_experiments(config)]
@@ -320,4 +321,4 @@ def run_compare(config: Config, summary_files: list[Path] | None = None) -> None
         )
     summaries = [json.loads(path.read_text()) for path in summary_files]
     paths = ComparisonPaths.of(config)
-    run_comparison(summaries, paths.markdown, paths.plot)
+    render_comparison(summaries, paths.markdown, paths.plot)

@@ -305,14 +305,7 @@ class Tracker:
 
         self._queue.put(send)
 
-    def log_artifact(self, path: Path) -> None:
-        self._queue.put(lambda: self._client().log_artifact(self.run_id, str(path)))
-
     def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
         self._queue.put(lambda: self._client().set_terminated(self.run_id, status))
         self._queue.put(None)
         self._thread.join(timeout_s)
-
-    @property
-    def healthy(self) -> bool:
-        return self._failed is None and self.run_id is not None

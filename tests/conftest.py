@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipeline.config import deep_merge
+from pipeline.config_files import deep_merge
 from pipeline.ports import free_port  # noqa: F401 - tests import it from here
 from synthetic import ACTIONS, ImageTree, write_ilsvrc_sample, write_image_tree
 
@@ -188,12 +188,12 @@ def make_folder_dataset(
 
 def build_shards(config_path: Path):
     """index + every shard + shard-index, in this process; returns the loaded config."""
-    from pipeline.config import load_config
-    from pipeline.data.stages import run_all_shards, run_index
+    from pipeline import stages
+    from pipeline.config_files import load_config
 
     config = load_config(config_path)
-    run_index(config)
-    run_all_shards(config, jobs=1)
+    stages.index(config)
+    stages.all_shards(config, jobs=1)
     return config
 
 

@@ -1,10 +1,9 @@
 """Shared-memory batch buffers that DataLoader workers reuse once the consumer is done.
 
 A worker that allocates a fresh shared-memory buffer for every batch pays for the kernel
-zero-filling its pages: 2.9 ms per 64 x 224 x 224 x 3 uint8 batch on the development VM,
-against 0.6 ms for private memory (before and after: docs/performance.md, loader section).
-The pool lets each worker cycle through a few buffers instead, and never hands one out while
-the consuming process can still see it:
+zero-filling its pages, several times what filling private memory costs. The pool lets each
+worker cycle through a few buffers instead, and never hands one out while the consuming
+process can still see it:
 
 * One shared int32 flag per buffer, created in the main process before the workers start:
   1 while the buffer is out with the consumer, 0 when the worker may fill it again.
@@ -17,8 +16,7 @@ the consuming process can still see it:
   batches in it send only their slot, shape and labels. Sending the storage with every batch,
   as torch's reductions do, costs a socket round trip to the worker for its file descriptor
   (two, with the labels), a fresh mmap whose pages fault in again as the consumer reads them,
-  and the worker's share of the round trip: 0.7-1.1 ms of the consumer's CPU per batch of
-  64 x 224 x 224 on the development VM, now 0.2-0.3 ms.
+  and the worker's share of the round trip, all on the consumer's CPU.
 * A worker with no free buffer allocates a fresh one, as before: a consumer that keeps batches
   (a list of them, say) costs memory, never correctness.
 

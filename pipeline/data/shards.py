@@ -41,8 +41,8 @@ _NUMPY_TYPES = {pa.int32(): np.int32, pa.uint32(): np.uint32, pa.int64(): np.int
 
 def arrow_array(values: Sequence[Any] | np.ndarray, type: pa.DataType) -> pa.Array:
     """`pa.array(values, type=type)` for the schema's types, built from buffers. `pa.array`
-    first asks whether `values` is a pandas object, which imports pandas: 0.3 s of a shard
-    job's ~1 s on Imagenette-sized shards."""
+    first asks whether `values` is a pandas object, which imports pandas in every shard
+    job."""
     if type in (pa.binary(), pa.string()):
         blobs = [v.encode() if isinstance(v, str) else v for v in values]
         offsets = np.zeros(len(blobs) + 1, dtype=np.int64)

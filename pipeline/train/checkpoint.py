@@ -12,14 +12,16 @@ import random
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from pipeline import atomic
+from pipeline.train.distributed import DistEnv, bn_buffers, gather_objects
 
 FORMAT_VERSION = 1
 NAME = re.compile(r"^ckpt-e(\d{4})-s(\d{7})\.pt$")
@@ -97,3 +99,68 @@ def load_latest(directory: Path) -> Loaded | None:
             continue
         return Loaded(path, state)
     return None
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch being trained
+    step: int = 0  # the next step within it
+    iteration: int = 0  # steps done in total
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
+    epoch_train_s: float = 0.0
+    epoch_wait_s: float = 0.0
+    wall_time_s: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def save_training(
+    directory: Path,
+    keep: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    progress: Progress,
+    env: DistEnv,
+    **extra: Any,
+) -> Path | None:
+    """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes the
+    checkpoint (with `extra`: the MLflow run id, the fingerprint, the config) and returns it."""
+    mine = {"bn": [b.detach().cpu().clone() for b in bn_buffers(model)], "rng": rng_state()}
+    per_rank = gather_objects(mine)
+    if not env.is_main:
+        return None
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "per_rank": per_rank,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "progress": asdict(progress),
+        "world_size": env.world_size,
+        "mlflow_run_id": extra.pop("run_id"),
+        **extra,
+    }
+    return save(directory, state, keep)
+
+
+def restore_training(
+    loaded: Loaded, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv
+) -> tuple[Progress, str | None]:
+    """Optimizer, this rank's BN buffers and RNG state from `loaded` (the model's weights are
+    loaded before DDP wraps it); returns where training stands and the MLflow run id."""
+    state = loaded.state
+    optimizer.load_state_dict(state["optimizer"])
+    per_rank = state["per_rank"]
+    if len(per_rank) == env.world_size:
+        mine = per_rank[env.rank]
+        for buffer, saved in zip(bn_buffers(model), mine["bn"], strict=True):
+            buffer.copy_(saved)
+        set_rng_state(mine["rng"])
+    elif env.is_main:
+        print(
+            f"warning: {loaded.path} was written by {len(per_rank)} processes, this run has "
+            f"{env.world_size}: every rank starts from rank 0's BN buffers",
+            flush=True,
+        )
+    return Progress(**state["progress"]), state.get("mlflow_run_id")

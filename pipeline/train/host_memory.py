@@ -3,14 +3,13 @@
 glibc's malloc returns memory eagerly: it trims the top of the heap once more than
 M_TRIM_THRESHOLD is free there, and serves blocks above a (dynamic) mmap threshold with a fresh
 mapping that is unmapped on free. A CPU training step allocates and frees the same activation
-and gradient buffers every iteration, so every step faults them in again, page by zeroed page:
-6,000-15,000 minor page faults per ResNet-18 step at 64 px, batch 32. Keeping the memory for
-reuse (as PyTorch's caching allocator does on GPUs) takes that to ~0 and the step about 9 % less
-time (docs/performance.md, training step). The price: the process keeps its peak of freed
-memory.
+and gradient buffers every iteration, so every step faults them in again, page by zeroed page.
+Keeping the memory for reuse (as PyTorch's caching allocator does on GPUs) takes those faults
+away (benchmarks/host_memory.py, docs/performance.md). The price: the process keeps its peak
+of freed memory.
 
 Both settings go together: a fixed trim threshold alone turns glibc's dynamic mmap threshold
-off, and every block above 128 KiB would be mapped afresh (ten times the faults, measured).
+off, and every block above 128 KiB would be mapped afresh, on every allocation.
 """
 
 from __future__ import annotations

@@ -14,38 +14,29 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from tqdm import tqdm
 
 from pipeline.config import Config
-from pipeline.data.loader import (
-    EvalBatchSampler,
-    Normalizer,
-    ShardDataset,
-    TrainBatchSampler,
-    TrainTransform,
-    ValTransform,
-    make_loader,
-)
+from pipeline.data.loader import ShardDataset, make_loader
+from pipeline.data.samplers import EvalBatchSampler, TrainBatchSampler
+from pipeline.data.transforms import Normalizer, TrainTransform, ValTransform
 from pipeline.errors import PipelineError
 from pipeline.paths import DataPaths, RunPaths
 from pipeline.tracking import Tracker
 from pipeline.train import checkpoint
+from pipeline.train.console import EpochProgress, say
 from pipeline.train.distributed import (
     DistEnv,
     all_reduce_sum,
     average_bn_stats,
-    bn_buffers,
-    gather_objects,
     wrap_ddp,
 )
+from pipeline.train.evaluate import evaluate
 from pipeline.train.model import build_model, param_groups, to_device
 from pipeline.train.optim import HybridRMSpropSGD
 from pipeline.train.schedules import Schedule
@@ -67,20 +58,6 @@ class StopFlag:
     requested: bool = False
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0  # the epoch being trained
-    step: int = 0  # the next step within it
-    iteration: int = 0  # steps done in total
-    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
-    epoch_train_s: float = 0.0
-    epoch_wait_s: float = 0.0
-    wall_time_s: float = 0.0
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def configure_determinism(deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -88,19 +65,6 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stdout, flush=True)
-
-
-def _eta(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    return (
-        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-        if seconds >= 3600
-        else (f"{seconds // 60}m{seconds % 60:02d}s")
-    )
 
 
 class Trainer:
@@ -127,7 +91,7 @@ class Trainer:
         self.model = to_device(
             build_model(config.model, self.num_classes), env.device, t.channels_last
         )
-        self.progress = Progress()
+        self.progress = checkpoint.Progress()
         loaded = checkpoint.load_latest(self.run.checkpoints)
         if loaded is not None and loaded.state["fingerprint"] != fingerprint:
             raise PipelineError(
@@ -178,7 +142,6 @@ class Trainer:
             average_micro_bn=not config.model.bn_moving_average,
         )
         self.tracker: Tracker | None = None
-        self.bar: tqdm | None = None
         self.steps_run = 0  # by this process (the comm hook's byte count is per process)
         self.last_checkpoint = loaded.path if loaded is not None else None
 
@@ -186,52 +149,31 @@ class Trainer:
     # Checkpoints
 
     def _restore(self, loaded: checkpoint.Loaded) -> None:
-        state = loaded.state
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = Progress(**state["progress"])
-        self.run_id = state.get("mlflow_run_id")
-        per_rank = state["per_rank"]
-        if len(per_rank) == self.env.world_size:
-            mine = per_rank[self.env.rank]
-            for buffer, saved in zip(bn_buffers(self.model), mine["bn"], strict=True):
-                buffer.copy_(saved)
-            checkpoint.set_rng_state(mine["rng"])
-        elif self.env.is_main:
-            _say(
-                f"warning: {loaded.path} was written by {len(per_rank)} processes, this run has "
-                f"{self.env.world_size}: every rank starts from rank 0's BN buffers"
-            )
+        self.progress, self.run_id = checkpoint.restore_training(
+            loaded, self.model, self.optimizer, self.env
+        )
         if self.env.is_main:
             p = self.progress
-            _say(
+            say(
                 f"resuming from {loaded.path}: epoch {p.epoch}, step {p.step}, "
                 f"iteration {p.iteration}"
             )
 
     def save_checkpoint(self) -> None:
         """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes."""
-        mine = {
-            "bn": [b.detach().cpu().clone() for b in bn_buffers(self.model)],
-            "rng": checkpoint.rng_state(),
-        }
-        per_rank = gather_objects(mine)
-        if not self.env.is_main:
-            return
-        state = {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "per_rank": per_rank,
-            "epoch": self.progress.epoch,
-            "step": self.progress.step,
-            "progress": asdict(self.progress),
-            "mlflow_run_id": self.run_id,
-            "fingerprint": self.fingerprint,
-            "world_size": self.env.world_size,
-            "config": self.config.model_dump(mode="json"),
-        }
-        self.last_checkpoint = checkpoint.save(
-            self.run.checkpoints, state, self.config.train.keep_checkpoints
+        saved = checkpoint.save_training(
+            self.run.checkpoints,
+            self.config.train.keep_checkpoints,
+            self.model,
+            self.optimizer,
+            self.progress,
+            self.env,
+            run_id=self.run_id,
+            fingerprint=self.fingerprint,
+            config=self.config.model_dump(mode="json"),
         )
+        if saved is not None:
+            self.last_checkpoint = saved
 
     # ---------------------------------------------------------------------------------------
     # Training
@@ -265,7 +207,7 @@ class Trainer:
             if self.tracker is not None:
                 self.tracker.log("epoch", p.epoch, metrics)  # before the checkpoint: see README
             if self.env.is_main:
-                _say(
+                say(
                     f"epoch {p.epoch + 1}/{t.epochs}: train_loss {metrics['train_loss']:.4f} "
                     f"val_top1 {100 * val['val_top1']:.2f} % val_top5 "
                     f"{100 * val['val_top5']:.2f} % ({metrics['epoch_time_s']:.1f} s, "
@@ -290,11 +232,8 @@ class Trainer:
         self.sampler.set_epoch(epoch, p.step)
         self.model.train()
         batches = iter(self.train_loader)
-        # A bar per epoch on a terminal (the debug executor); plain lines in a job's log file.
-        self.bar = (
-            tqdm(total=steps, initial=p.step, desc=f"epoch {epoch + 1}/{t.epochs}", unit="step")
-            if self.env.is_main and sys.stdout.isatty()
-            else None
+        shown = EpochProgress(
+            epoch, t.epochs, steps, p.step, self.sampler.global_batch, self.env.is_main
         )
         interval_losses: list[torch.Tensor] = []
         interval = torch.zeros(3, dtype=torch.float64, device=self.env.device)  # loss, correct, n
@@ -317,7 +256,6 @@ class Trainer:
                 self.schedule.sgd_from(e),
                 interval,
                 average_bn=step == steps - 1,
-                poison=t.fail_at_iteration == p.iteration,
             )
             self.steps_run += 1
             interval_losses.append(step_loss)
@@ -339,7 +277,11 @@ class Trainer:
                 p.epoch_wait_s += waits[0]
                 for i, value in enumerate((loss_sum, correct, images)):
                     p.epoch_sums[i] += value
-                self._report_interval(epoch, steps, lr, alpha, loss_sum / images, images / elapsed)
+                if self.tracker is not None:
+                    metrics = {"lr": lr, "alpha_sgd": alpha, "train_loss": loss_sum / images}
+                    metrics["epoch"] = epoch + p.step / steps
+                    self.tracker.log("iteration", p.iteration, metrics)
+                shown.update(p.step, loss_sum / images, lr, alpha, images / elapsed)
                 interval_losses.clear()
                 interval.zero_()
                 waits[0] = 0.0
@@ -352,8 +294,7 @@ class Trainer:
                     else:
                         raise Preempted(f"stopped at iteration {p.iteration}")
                 tick = time.monotonic()
-        if self.bar is not None:
-            self.bar.close()
+        shown.close()
         return last_save
 
     def _raise_nonfinite(self, losses: torch.Tensor, first_iteration: int, epoch: int) -> None:
@@ -371,54 +312,16 @@ class Trainer:
             f"stopped. Last good checkpoint: {kept}. Lower schedule.base_lr or check the data."
         )
 
-    def _report_interval(
-        self, epoch: int, steps: int, lr: float, alpha: float, loss: float, images_per_s: float
-    ) -> None:
-        p = self.progress
-        if self.tracker is not None:
-            metrics = {
-                "lr": lr,
-                "alpha_sgd": alpha,
-                "train_loss": loss,
-                "epoch": epoch + p.step / steps,
-            }
-            self.tracker.log("iteration", p.iteration, metrics)
-        if self.bar is not None:
-            self.bar.set_postfix_str(
-                f"loss {loss:.4f} lr {lr:.4g} alpha {alpha:.3f} {images_per_s:.0f} img/s"
-            )
-            self.bar.update(p.step - self.bar.n)
-        elif self.env.is_main:
-            remaining = (self.config.train.epochs - epoch) * steps - p.step
-            eta = remaining * self.sampler.global_batch / max(images_per_s, 1e-9)
-            _say(
-                f"epoch {epoch + 1}/{self.config.train.epochs} step {p.step}/{steps} "
-                f"loss {loss:.4f} lr {lr:.4g} alpha_sgd {alpha:.3f} "
-                f"{images_per_s:.0f} img/s eta {_eta(eta)}"
-            )
-
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Top-1, top-5 and loss over the whole val split, each image counted once."""
-        model = self.model  # not the DDP wrapper: no buffer broadcasts, no gradient hooks
-        model.eval()
-        sums = torch.zeros(4, dtype=torch.float64, device=self.env.device)
-        k = min(5, self.num_classes)
-        for images, labels in self.val_loader:
-            x = self.normalize(images)
-            y = labels.to(self.env.device, non_blocking=True)
-            with self.step.autocast():
-                logits = model(x).float()
-            hits = logits.topk(k, dim=1).indices.eq(y[:, None])
-            sums[0] += F.cross_entropy(logits, y, reduction="sum")
-            sums[1] += hits[:, 0].sum()
-            sums[2] += hits.any(dim=1).sum()
-            sums[3] += y.numel()
-        model.train()
-        loss, top1, top5, n = all_reduce_sum(sums.tolist(), self.env.device)
-        if n != len(self.val_set):
-            raise RuntimeError(f"validation saw {n} images, the val split has {len(self.val_set)}")
-        return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
+        # The network itself, not the DDP wrapper: no buffer broadcasts, no gradient hooks.
+        return evaluate(
+            self.model,
+            self.val_loader,
+            self.normalize,
+            self.step.autocast,
+            self.env.device,
+            len(self.val_set),
+        )
 
     def summary(self) -> dict[str, Any]:
         p = self.progress

@@ -63,10 +63,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def to_device(model: nn.Module, device: torch.device, channels_last: bool) -> nn.Module:
     model = model.to(device)
     if channels_last:

@@ -1,6 +1,6 @@
 """The paper's hybrid optimizer: RMSprop warm-up moving smoothly to momentum SGD.
 
-Per parameter, per iteration (Akiba et al., appendix A; DESIGN section 4), with g the gradient
+Per parameter, per iteration (Akiba et al., appendix A; docs/design.md), with g the gradient
 plus weight_decay * theta (Chainer's WeightDecay hook adds it before the update rule):
 
     m     = mu2 * m + (1 - mu2) * g^2
@@ -17,15 +17,13 @@ schedule never lowers it), because m then no longer enters the update; skipping 
 phase cost what torch.optim.SGD costs.
 
 The step runs as a handful of fused `torch._foreach_*` kernels over all parameters of a group on
-GPUs; on CPUs a per-tensor loop is faster (each tensor stays in cache through all
-its operations: 36 vs 49 ms for ResNet-18 here), so `foreach=None` picks by device.
+GPUs; on CPUs a per-tensor loop is faster (each tensor stays in cache through all its
+operations), so `foreach=None` picks by device.
 
 `compiled=True` runs the whole update as one `torch.compile`d function per group: one pass over
 each tensor's memory instead of eight, so the RMSprop phase costs what the SGD phase does
-(ResNet-18 on 2 CPU cores, three benchmark runs: 6.6-8.5 vs 15.8-20.3 ms per update). The price
-is compiling it in every process once, with a C++ compiler on CPUs or Triton on GPUs (tens of
-seconds the first time on a machine, a few seconds from inductor's on-disk cache after that).
-The tests check that all three give the same result.
+(docs/performance.md). The price is compiling it once in every process, with a C++ compiler on
+CPUs or Triton on GPUs. The tests check that all three give the same result.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ def alpha_sgd(epoch: float, center: float = 10.0, period: float = 5.0) -> float:
     0.5 * exp(2 (e - c) / p) before the center, then linear with slope 1/p (the same slope, so
     the curve is smooth) until it reaches 1 at c + p/2. The paper's appendix prints
     0.5 + 2 (e - c) / p for the linear part, which would jump to 1.5 at c + p/2 and contradicts
-    its own text; see DESIGN section 4.
+    its own text; see docs/design.md.
     """
     if epoch < center:
         return 0.5 * math.exp(2.0 * (epoch - center) / period)

@@ -78,7 +78,6 @@ class TrainStep:
         sgd_from_now_on: bool,
         sums: torch.Tensor,
         average_bn: bool = False,
-        poison: bool = False,
     ) -> torch.Tensor:
         """Run one step; add (loss x n, correct, n) into `sums`; return the mean loss (a device
         tensor: reading it would synchronise with the device, so the caller does it rarely)."""
@@ -97,8 +96,6 @@ class TrainStep:
             with contextlib.nullcontext() if last else self._no_sync(), self.autocast():
                 logits = self.wrapped(x)
                 loss = F.cross_entropy(logits.float(), y)
-            if poison:  # testing aid: TrainConfig.fail_at_iteration
-                loss = loss * float("nan")
             # Mean over the whole minibatch: DDP averages over workers, this over micro-batches.
             (loss / self.accumulate).backward()
             if bn_mean is not None:

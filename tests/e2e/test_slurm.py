@@ -15,21 +15,23 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT, demo_config, run_snakemake, run_stage, write_config
-from pipeline.config import deep_merge, load_config
+from pipeline.config_files import deep_merge, load_config
 from pipeline.paths import ReportPaths, RunPaths
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        os.environ.get("PIPELINE_TEST_SLURM") != "1",
+        reason="the Slurm tier installs and starts Slurm, MariaDB and munge system-wide and "
+        "writes /etc/slurm: run it with PIPELINE_TEST_SLURM=1 (as root on Debian; .ci/run does)",
+    ),
+]
 CLUSTER = PROJECT / "tests" / "cluster" / "cluster.sh"
 PROFILE = PROJECT / "profiles" / "slurm"
 
 
 @pytest.fixture(scope="module")
 def slurm():
-    if os.environ.get("PIPELINE_TEST_SLURM") != "1":
-        pytest.skip(
-            "the Slurm tier installs and starts Slurm, MariaDB and munge system-wide and writes "
-            "/etc/slurm: run it with PIPELINE_TEST_SLURM=1 (as root on Debian; .ci/run does)"
-        )
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.fail("PIPELINE_TEST_SLURM=1, but the throwaway cluster needs root and apt-get")
     up = subprocess.run([str(CLUSTER), "up"], capture_output=True, text=True, timeout=600)

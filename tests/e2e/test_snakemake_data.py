@@ -7,7 +7,7 @@ import pytest
 
 from conftest import PROJECT, planned_rules, write_config
 from conftest import run_snakemake as snakemake
-from pipeline.config import load_config
+from pipeline.config_files import load_config
 from pipeline.paths import DataPaths
 
 

@@ -14,7 +14,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT, demo_config, free_port, mlflow_server, run_stage
-from pipeline.config import load_config
+from pipeline.config_files import load_config
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
 
@@ -180,13 +180,14 @@ def test_an_unreachable_tracking_server_loses_nothing(demo_shards, tmp_path):
 
 
 def test_a_failing_job_exits_non_zero_with_the_tail_of_its_log(demo_shards, tmp_path):
+    # An infinite learning rate turns the weights to inf/NaN at the first update.
     path = demo_config(
-        tmp_path, demo_shards, train={"fail_at_iteration": 3}, launcher={"tasks_per_node": 1}
+        tmp_path, demo_shards, schedule={"base_lr": float("inf")}, launcher={"tasks_per_node": 1}
     )
     result = train(path, check=False)
     assert result.returncode == 2
     assert "ended as" in result.stderr and "last lines of" in result.stderr
-    assert "NaN/Inf at iteration 3" in result.stderr
+    assert "NaN/Inf at iteration 1 (epoch 0, step 1)" in result.stderr
 
 
 def _children(pid):

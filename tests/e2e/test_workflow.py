@@ -22,7 +22,8 @@ from conftest import (
 from conftest import (
     run_snakemake as snakemake,
 )
-from pipeline.config import expand_experiments, load_config
+from pipeline.config_files import load_config
+from pipeline.experiments import expand_experiments
 from pipeline.paths import ComparisonPaths, ReportPaths, RunPaths
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_stage, write_config
-from pipeline.config import load_config
-from pipeline.data.stages import run_shard
+from pipeline.config_files import load_config
+from pipeline.data.sharding import build_shard
 from pipeline.paths import DataPaths
 
 BAD_FILES = {
@@ -106,7 +106,7 @@ def test_a_shard_rebuilt_alone_is_byte_identical(dataset, tmp_path):
     config, _, _ = dataset
     paths = DataPaths.of(config)
     before = json.loads(paths.shard_stats("train", 1, 3).read_text())
-    run_shard(config, "train", 1)
+    build_shard(config, "train", 1)
     after = json.loads(paths.shard_stats("train", 1, 3).read_text())
     assert after["sha256"] == before["sha256"]
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from pipeline.data import layouts
-from pipeline.data.layouts import LayoutError, SourceReader
+from pipeline.data import label_files, layouts
+from pipeline.data.layouts import SourceReader
+from pipeline.errors import LayoutError
 
 
 def kaggle_truth(sample: Path) -> dict[str, str]:
@@ -44,7 +45,7 @@ def build_devkit(sample: Path, root: Path, id_map: str = "map_clsloc.txt") -> Pa
     link_tree(sample / "val_flat", root / "val")
     data = root / "ILSVRC2012_devkit_t12" / "data"
     data.mkdir(parents=True)
-    os.symlink(sample / "ILSVRC2012_validation_ground_truth.txt", data / layouts.GROUND_TRUTH)
+    os.symlink(sample / "ILSVRC2012_validation_ground_truth.txt", data / label_files.GROUND_TRUTH)
     if id_map == "map_clsloc.txt":
         os.symlink(sample / "map_clsloc.txt", data / "map_clsloc.txt")
     else:
@@ -91,10 +92,10 @@ def build_tar(sample: Path, root: Path) -> Path:
     with tarfile.open(root / layouts.VAL_TAR, "w") as val:
         for image in sorted((sample / "val_flat").iterdir()):
             val.add(image, arcname=image.name)
-    with tarfile.open(root / layouts.DEVKIT_TAR, "w:gz") as devkit:
+    with tarfile.open(root / label_files.DEVKIT_TAR, "w:gz") as devkit:
         devkit.add(
             sample / "ILSVRC2012_validation_ground_truth.txt",
-            arcname=f"ILSVRC2012_devkit_t12/data/{layouts.GROUND_TRUTH}",
+            arcname=f"ILSVRC2012_devkit_t12/data/{label_files.GROUND_TRUTH}",
         )
         meta = meta_mat_from(sample / "map_clsloc.txt")
         info = tarfile.TarInfo("ILSVRC2012_devkit_t12/data/meta.mat")
@@ -122,7 +123,7 @@ def test_ilsvrc_layouts_give_the_kaggle_labels_to_the_50_val_images(name, ilsvrc
     val = [e for e in scan.entries if e.split == "val"]
     assert len(val) == 50
     for entry in val:
-        image_id = Path(entry.path.split(layouts.TAR_SEP)[-1]).stem
+        image_id = Path(entry.path.split(label_files.TAR_SEP)[-1]).stem
         assert entry.wnid == truth[image_id], entry.path
 
     train = [e for e in scan.entries if e.split == "train"]
@@ -161,7 +162,7 @@ def test_tar_members_are_read_in_place_byte_for_byte(ilsvrc_sample, tmp_path):
     reader = SourceReader(root)
     try:
         for entry in scan.entries:
-            name = entry.path.split(layouts.TAR_SEP)[-1]
+            name = entry.path.split(label_files.TAR_SEP)[-1]
             original = (
                 ilsvrc_sample / "train" / entry.wnid / name
                 if entry.split == "train"

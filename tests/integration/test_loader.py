@@ -13,19 +13,16 @@ from torchvision import transforms as T
 from conftest import build_shards, make_folder_dataset, write_config
 from pipeline.data import batch_pool
 from pipeline.data.batch_pool import SharedBatchPool, Slot
-from pipeline.data.loader import (
-    EvalBatchSampler,
+from pipeline.data.loader import ShardDataset, make_loader
+from pipeline.data.samplers import EvalBatchSampler, SampleKeys, TrainBatchSampler
+from pipeline.data.shards import ShardError
+from pipeline.data.transforms import (
     Normalizer,
-    SampleKeys,
-    ShardDataset,
-    TrainBatchSampler,
     TrainTransform,
     ValTransform,
     decode_resized_crop,
     jpeg_size,
-    make_loader,
 )
-from pipeline.data.shards import ShardError
 from pipeline.paths import DataPaths
 
 

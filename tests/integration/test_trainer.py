@@ -1,6 +1,8 @@
 """The real training loop on small real shards, in this process and in two gloo processes."""
 
+import itertools
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,9 +10,10 @@ import torch.multiprocessing as mp
 import yaml
 
 from conftest import build_shards, free_port, make_folder_dataset, write_config
-from pipeline.config import load_config
-from pipeline.launch import TrainJob, run_fingerprint
+from pipeline.config_files import load_config
+from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
+from pipeline.train.job import TrainJob
 from pipeline.train.loop import NonFiniteLoss
 from pipeline.train.model import build_model
 
@@ -136,12 +139,25 @@ def test_the_compiled_optimizer_trains_as_the_plain_one(data_config):
     assert apart < 1e-3 * moved
 
 
-def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(data_config):
-    config = experiment(
-        data_config,
-        "nan",
-        train={"epochs": 2, "fail_at_iteration": 4, "checkpoint_every_min": 1e-6},
-    )
+def poison_loss_at(monkeypatch, iteration):
+    """Make the training loss NaN at `iteration` (one micro-batch per step, one process), as a
+    diverging run would, by wrapping the loss the training step computes."""
+    import pipeline.train.step as step_module
+
+    calls = itertools.count()
+
+    def cross_entropy(logits, labels):
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        return loss * float("nan") if next(calls) == iteration else loss
+
+    monkeypatch.setattr(step_module, "F", SimpleNamespace(cross_entropy=cross_entropy))
+
+
+def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(
+    data_config, monkeypatch
+):
+    config = experiment(data_config, "nan", train={"epochs": 2, "checkpoint_every_min": 1e-6})
+    poison_loss_at(monkeypatch, 4)
     with pytest.raises(NonFiniteLoss, match=r"NaN/Inf at iteration 4 \(epoch 0, step 4\)") as err:
         run_in_process(config)
     run = RunPaths.of(config)

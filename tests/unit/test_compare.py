@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from pipeline.config import config_from_mapping
+from pipeline.config_files import config_from_mapping
 from pipeline.errors import PipelineError
 from pipeline.paths import ComparisonPaths
-from pipeline.report import run_compare
+from pipeline.report import write_comparison
 
 
 def _summary(experiment, method, batch, seed, top1):
@@ -38,7 +38,7 @@ def test_compare_reads_exactly_the_given_summaries_with_mean_and_spread(config, 
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(_summary(name, name[0], 2048, seed, top1)))
         files.append(path)
-    run_compare(config, files)
+    write_comparison(config, files)
     paths = ComparisonPaths.of(config)
     text = paths.markdown.read_text()
     assert "| a | 2,048 | 4 | 45.00 % (40.00-50.00, n=2) | 46.00 % (41.00-51.00, n=2) | 2 |" in text
@@ -51,5 +51,5 @@ def test_compare_names_the_missing_reports_and_writes_nothing(config, tmp_path):
     there = tmp_path / "there.json"
     there.write_text(json.dumps(_summary("there", "a", 64, 0, 0.5)))
     with pytest.raises(PipelineError, match=r"no report yet for 1 of 2 .*missing\.json"):
-        run_compare(config, [there, tmp_path / "missing.json"])
+        write_comparison(config, [there, tmp_path / "missing.json"])
     assert not ComparisonPaths.of(config).markdown.exists()

@@ -4,16 +4,16 @@ import pytest
 import yaml
 
 from pipeline.cli import main
-from pipeline.config import (
+from pipeline.config import ConfigError
+from pipeline.config_files import (
     SCHEMA_PATH,
-    ConfigError,
     config_from_mapping,
     deep_merge,
-    expand_experiments,
     load_config,
     parse_override,
     schema_text,
 )
+from pipeline.experiments import expand_experiments
 
 PROJECT = Path(__file__).resolve().parents[2]
 

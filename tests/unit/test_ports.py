@@ -7,7 +7,7 @@ import pytest
 import submitit
 
 from conftest import write_config
-from pipeline.config import load_config
+from pipeline.config_files import load_config
 from pipeline.launch import _local_master_port
 from pipeline.ports import LOW_PORT, _ephemeral_low, free_port
 

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.data.loader import EvalBatchSampler, TrainBatchSampler
+from pipeline.data.samplers import EvalBatchSampler, TrainBatchSampler
 
 
 def rank_batches(n, batch, world, acc, epoch, seed=0, start=0):

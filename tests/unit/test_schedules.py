@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from pipeline.config import config_from_mapping
+from pipeline.config_files import config_from_mapping
 from pipeline.train.schedules import Schedule, alpha_sgd, goyal_lr, slow_start_lr
 
 MINIMAL = {"experiment": "x", "data": {"name": "d", "root": "/data"}}

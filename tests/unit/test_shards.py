@@ -32,7 +32,7 @@ def test_a_record_batch_over_2_gib_is_refused_with_the_setting_to_change():
 
 
 def test_building_a_shard_record_batch_does_not_import_pandas():
-    """pa.array imports pandas (0.3 s in every shard job); arrow_array must not."""
+    """pa.array imports pandas (in every shard job); arrow_array must not."""
     code = """
 import sys
 from pipeline.data.shards import SCHEMA, arrow_array

@@ -1,17 +1,11 @@
 # Paths and config lookups for the rules. Every path comes from pipeline/paths.py, the same
 # functions the stages use, so declared outputs and written files cannot drift apart.
 
-import hashlib
-import json
 import re
-from pathlib import Path
 
-from pipeline.config import (
-    config_from_mapping,
-    expand_experiments,
-    training_fingerprint,
-    write_resolved,
-)
+from pipeline.config_files import config_from_mapping, write_resolved
+from pipeline.experiments import expand_experiments
+from pipeline.stage_keys import stage_fingerprint
 from pipeline.paths import (
     SHARD_STEM,
     SPLITS,
@@ -53,17 +47,10 @@ wildcard_constraints:
     experiment="|".join(re.escape(name) for name in EXPERIMENTS),
 
 
-def fingerprint(*keys):
-    """A hash of the named dotted config keys, used as a rule's `params` so that Snakemake
-    re-runs the rule (and everything after it) when exactly those settings change."""
-    resolved = CFG.model_dump(mode="json")
-    values = {}
-    for key in keys:
-        node = resolved
-        for part in key.split("."):
-            node = node[part]
-        values[key] = node
-    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+def fingerprint(stage):
+    """A hash of the config keys `stage` depends on (pipeline/stage_keys.py), used as a rule's
+    `params` so that Snakemake re-runs the rule (and everything after it) when they change."""
+    return stage_fingerprint(CFG, stage)
 
 
 def num_shards(split):
@@ -96,7 +83,7 @@ def experiment_config(wildcards):
 
 
 def experiment_fingerprint(wildcards):
-    return training_fingerprint(EXPERIMENTS[wildcards.experiment])
+    return stage_fingerprint(EXPERIMENTS[wildcards.experiment], "train")
 
 
 def per_experiment(pattern):

@@ -8,7 +8,7 @@ rule demo_data:
         done=DATA.demo_done,
     params:
         config=CONFIG_FILE,
-        fingerprint=fingerprint("data.demo", "data.root", "data.shuffle_seed"),
+        fingerprint=fingerprint("demo_data"),
     log:
         LOGS / "demo_data.log",
     benchmark:
@@ -29,7 +29,7 @@ rule index:
         summary=DATA.index_summary,
     params:
         config=CONFIG_FILE,
-        fingerprint=fingerprint("data.root", "data.layout", "data.classes_file"),
+        fingerprint=fingerprint("index"),
     log:
         LOGS / "index.log",
     benchmark:
@@ -49,9 +49,7 @@ rule shard:
         stats=shard_path(".json"),
     params:
         config=CONFIG_FILE,
-        fingerprint=fingerprint(
-            "data.max_side", "data.jpeg_quality", "data.shuffle_seed", "data.rows_per_batch"
-        ),
+        fingerprint=fingerprint("shard"),
         index=lambda wildcards: int(wildcards.index),
     resources:
         mem_mb=2000,

@@ -1,0 +1,130 @@
+"""The callable submitit runs in every task of the training job: set the process up, train,
+and hand over to submitit on the requeue signal.
+
+`TrainJob` is checkpointable: on the requeue signal (time limit or preemption) the tasks agree
+on a step, save a checkpoint, and rank 0 hands over to submitit, which resubmits the same
+callable; the new job resumes from that checkpoint, in the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import submitit
+
+from pipeline.config import Config
+from pipeline.hardware import cpu_name
+from pipeline.paths import RunPaths
+
+
+@dataclass
+class _StopHandler:
+    """Replaces submitit's requeue-signal handler: the signal only raises a flag, the loop
+    saves a checkpoint at the next agreed step, then submitit's own handler requeues."""
+
+    flag: Any
+    original: Any = None
+
+    def install(self) -> None:
+        usr_signal = signal.SIGUSR2
+        self.original = signal.getsignal(usr_signal)
+        signal.signal(usr_signal, self._raise_flag)
+
+    def _raise_flag(self, signum: int, frame: Any) -> None:
+        print(
+            f"received {signal.Signals(signum).name}: checkpointing at the next step",
+            file=sys.stderr,
+            flush=True,
+        )
+        self.flag.requested = True
+
+    def hand_over(self) -> None:
+        """Let submitit checkpoint (our `checkpoint` method) and requeue; it exits."""
+        if callable(self.original):
+            self.original(signal.SIGUSR2, None)
+
+
+class TrainJob(submitit.helpers.Checkpointable):
+    """The function every task of the training job runs."""
+
+    def __init__(self, config: dict[str, Any], fingerprint: str, tags: dict[str, str]) -> None:
+        self.config = config
+        self.fingerprint = fingerprint
+        self.tags = tags
+
+    def __call__(self) -> dict[str, Any]:
+        import torch
+
+        from pipeline.tracking import Journal, Tracker, flatten
+        from pipeline.train.distributed import init_distributed, shutdown_distributed
+        from pipeline.train.host_memory import retain_freed_memory
+        from pipeline.train.loop import Preempted, StopFlag, Trainer
+
+        config = Config.model_validate(self.config)
+        stop = StopFlag()
+        handler = _StopHandler(stop)
+        if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
+            handler.install()
+        env = init_distributed(use_gpu=config.launcher.gpus_per_node > 0)
+        if env.device.type == "cpu":
+            torch.set_num_threads(config.launcher.cpus_per_task)
+            retain_freed_memory()  # no page faults for the same buffers every step
+        trainer = Trainer(config, env, self.fingerprint, stop)
+        tracker = None
+        if env.is_main:
+            tags = {
+                **self.tags,
+                **self._job_tags(env, torch),
+                "steps_per_epoch": str(trainer.sampler.steps_per_epoch),
+            }
+            tracker = Tracker(
+                Journal(RunPaths.of(config).journal),
+                config.tracking_uri,
+                config.experiment,
+                run_name=f"{config.experiment}-{self.fingerprint[:8]}",
+                params=flatten(self.config),
+                tags=tags,
+                run_id=trainer.run_id,
+            )
+            trainer.run_id = tracker.run_id
+        status = "FAILED"
+        try:
+            summary = trainer.fit(tracker)
+            trainer.save_final()
+            status = "FINISHED"
+            return summary
+        except Preempted:
+            status = "RUNNING"  # the requeued job continues this MLflow run
+            if tracker is not None:
+                tracker.close(status)
+                tracker = None
+            shutdown_distributed()
+            if env.is_main:
+                handler.hand_over()  # submitit requeues and exits the process
+            sys.exit(0)
+        finally:
+            if tracker is not None:
+                tracker.close(status)
+            shutdown_distributed()
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        # The state is on disk already (saved by the loop); the new job resumes from it.
+        return submitit.helpers.DelayedSubmission(
+            TrainJob(self.config, self.fingerprint, self.tags)
+        )
+
+    @staticmethod
+    def _job_tags(env: Any, torch: Any) -> dict[str, str]:
+        device = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else cpu_name()
+        return {
+            "world_size": str(env.world_size),
+            "host": socket.gethostname(),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID", "none"),
+            "device": device,
+            "backend": env.backend,
+        }
