@@ -41,7 +41,7 @@ bench: $(STAMP)
 	python benchmarks/trainer_step.py
 	python benchmarks/allreduce.py
 	python benchmarks/host_memory.py
-	python -m pipeline plan --check-paper | tee results/bench/plan.txt
+	python -m pipeline plan --check-paper --json results/bench/plan.json
 
 lint: $(STAMP)
 	ruff check .

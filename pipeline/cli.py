@@ -11,9 +11,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import stages
+from pipeline import atomic, stages
 from pipeline.config import Config, ConfigError
 from pipeline.config_files import SCHEMA_PATH, load_config, schema_text
 from pipeline.errors import PipelineError
@@ -117,7 +118,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         images=args.images,
     )
-    print(plan.describe(inputs, plan.predict(inputs)))
+    prediction = plan.predict(inputs)
+    print(plan.describe(inputs, prediction))
     print("Sources:")
     print(f"  per-GPU throughput {images_per_s:g} img/s: {source}")
     print(f"  {parameters:,} parameters: {parameter_source}")
@@ -138,6 +140,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
             f"  the paper's time needs {100 * check['bandwidth_efficiency_matching_paper']:.0f}"
             f" % of rated bandwidth, which gives {100 * check['matched_efficiency']:.0f} %"
         )
+    if args.json is not None:
+        record = {"inputs": asdict(inputs), "prediction": asdict(prediction)}
+        if args.check_paper:
+            record["check_against_paper"] = check
+        atomic.write_json(args.json, record)
     return 0
 
 
@@ -209,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=90)
     p.add_argument("--images", type=int, default=1_281_167, help="training images")
     p.add_argument("--check-paper", action="store_true", help="compare with the paper's run")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
     p = stage("schema", cmd_schema, "print, write or check the JSON schema of the config")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH.name}")

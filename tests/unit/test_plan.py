@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -56,3 +57,13 @@ def test_plan_command_states_inputs_and_sources(capsys):
     out = capsys.readouterr().out
     assert "global batch 8,192" in out and "Sources:" in out and "TensorFlow" in out
     assert "the paper: about 898 s" in out
+
+
+def test_plan_json_holds_the_printed_figures(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    assert main(["plan", "--parameters", "25557032", "--check-paper", "--json", str(path)]) == 0
+    record = json.loads(path.read_text())
+    assert record["inputs"]["gpus"] == 1024 and record["inputs"]["parameters"] == 25557032
+    check = record["check_against_paper"]
+    assert f"{check['rated_time_s']:.0f} s" in capsys.readouterr().out
+    assert record["prediction"]["time_to_train_s"] == pytest.approx(check["rated_time_s"])
