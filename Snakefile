@@ -16,7 +16,7 @@ if not config:
         "no config: pass --configfile config/experiments/<name>.yaml "
         "(profiles/default uses config/config.yaml, the demo)"
     )
-# pipeline/config.py reads the config first: it fills in the defaults, names a bad key or
+# pipeline/config_files.py reads the config first: it fills in the defaults, names a bad key or
 # value precisely, and types the strings that `--config 'data={jpeg_quality: 80}'` produces.
 config.update(resolve(config))
 validate(config, "workflow/schemas/config.schema.json", set_default=False)

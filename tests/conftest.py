@@ -167,25 +167,6 @@ def demo_config(folder: Path, shards: Path | None, **changes: Any) -> Path:
     return path
 
 
-def make_folder_dataset(
-    root: Path, classes: int = 3, train: int = 10, val: int = 4, size: tuple[int, int] = (48, 40)
-) -> Path:
-    """A small `train/<class>/`, `val/<class>/` tree of JPEGs whose colour encodes the class."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", train), ("val", val)):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                base = np.array([80 * c % 256, 255 - 60 * c % 256, 40 + 50 * c % 256])
-                pixels = np.clip(base + rng.normal(0, 20, (size[1], size[0], 3)), 0, 255)
-                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"img{i:03d}.JPEG")
-    return root
-
-
 def build_shards(config_path: Path):
     """index + every shard + shard-index, in this process; returns the loaded config."""
     from pipeline import stages

@@ -100,9 +100,16 @@ def encode(image: Image.Image, kind: str) -> bytes:
 
 
 def write_image_tree(
-    root: Path, classes: int = 10, train: int = 20, val: int = 10, seed: int = 0
+    root: Path,
+    classes: int = 10,
+    train: int = 20,
+    val: int = 10,
+    seed: int = 0,
+    sizes: list[tuple[int, int]] = TREE_SIZES,
+    plain: bool = False,
 ) -> ImageTree:
-    """A folder-layout tree with wnid folders (see the module docstring)."""
+    """A folder-layout tree with wnid folders (see the module docstring); with `plain`, every
+    image a baseline RGB JPEG, for tests about what happens after the shard stage."""
     rng = np.random.default_rng(seed)
     tree = ImageTree(root)
     for label, wnid in enumerate(wnids(classes, seed)):
@@ -110,8 +117,8 @@ def write_image_tree(
             folder = root / split / wnid
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                kind = kinds[i] if i < len(kinds) else "rgb"
-                size = TREE_SIZES[(label + i) % len(TREE_SIZES)]
+                kind = kinds[i] if i < len(kinds) and not plain else "rgb"
+                size = sizes[(label + i) % len(sizes)]
                 name = f"{wnid}_{i:04d}.JPEG"
                 (folder / name).write_bytes(encode(draw(label, size, rng), kind))
                 if split == "train":

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from conftest import build_shards, make_folder_dataset, write_config
+from conftest import build_shards, write_config
 from pipeline.data import batch_pool
 from pipeline.data.batch_pool import SharedBatchPool, Slot
 from pipeline.data.loader import ShardDataset, make_loader
@@ -24,12 +24,13 @@ from pipeline.data.transforms import (
     jpeg_size,
 )
 from pipeline.paths import DataPaths
+from synthetic import write_image_tree
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("loader")
-    make_folder_dataset(tmp / "images", classes=3, train=12, val=5, size=(64, 48))
+    write_image_tree(tmp / "images", classes=3, train=12, val=5, sizes=[(64, 48)], plain=True)
     config = build_shards(write_config(tmp, tmp / "images"))
     return DataPaths.of(config)
 

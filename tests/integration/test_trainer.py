@@ -1,4 +1,4 @@
-"""The real training loop on small real shards, in this process and in two gloo processes."""
+"""The real training loop on small shards, in this process and in two gloo processes."""
 
 import itertools
 import os
@@ -9,20 +9,21 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import build_shards, free_port, make_folder_dataset, write_config
+from conftest import build_shards, free_port, write_config
 from pipeline.config_files import load_config
 from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
 from pipeline.train.job import TrainJob
 from pipeline.train.loop import NonFiniteLoss
 from pipeline.train.model import build_model
+from synthetic import write_image_tree
 
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
     """48 train / 12 val synthetic images in 3 classes, sharded once for this module."""
     tmp = tmp_path_factory.mktemp("trainer")
-    make_folder_dataset(tmp / "images", classes=3, train=16, val=4, size=(40, 40))
+    write_image_tree(tmp / "images", classes=3, train=16, val=4, sizes=[(40, 40)], plain=True)
     path = write_config(
         tmp,
         tmp / "images",
