@@ -60,13 +60,18 @@ def wnids(count: int, seed: int) -> list[str]:
     return sorted(f"n{n:08d}" for n in rng.choice(10**8 - 10**6, count, replace=False) + 10**6)
 
 
+def class_colour(label: int) -> np.ndarray:
+    """The mean RGB colour of class `label`'s pictures (stripes and shading average out)."""
+    phase = label * 2.4
+    return 128 + 90 * np.array([np.sin(phase), np.sin(phase + 2.1), np.sin(phase + 4.2)])
+
+
 def draw(label: int, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """An RGB picture whose hue and stripe direction encode `label`, with smooth shading and
     noise, so that it compresses like a photograph rather than a flat colour."""
     width, height = size
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    hue = np.array([np.sin(label * 2.4), np.sin(label * 2.4 + 2.1), np.sin(label * 2.4 + 4.2)])
-    base = 128 + 90 * hue
+    base = class_colour(label)
     angle = (label % 4) * np.pi / 4
     stripes = np.sin((x * np.cos(angle) + y * np.sin(angle)) / (6 + label % 5))
     shade = (x / width - y / height) * 40

@@ -24,7 +24,7 @@ from pipeline.data.transforms import (
     jpeg_size,
 )
 from pipeline.paths import DataPaths
-from synthetic import write_image_tree
+from synthetic import class_colour, write_image_tree
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,11 @@ def test_images_keep_their_class_colour(shards):
     """The synthetic classes differ in colour: the decoded crops must too."""
     dataset = ShardDataset(shards.shard_dir("val"), ValTransform(32, 32))
     images, labels = dataset.__getitems__(SampleKeys(0, list(range(len(dataset)))))
-    means = {int(c): images[labels == c].float().mean((0, 2, 3)) for c in labels.unique()}
-    assert means[0][0] < 40 and means[1][0] > 60  # red channel: 0 for class0, 80 for class1
+    colours = torch.tensor(np.stack([class_colour(c) for c in range(3)]), dtype=torch.float32)
+    for c in labels.unique().tolist():
+        mean = images[labels == c].float().mean((0, 2, 3))
+        distances = (colours - mean).norm(dim=1)
+        assert int(distances.argmin()) == c and distances[c] < 25, (c, mean, colours[c])
 
 
 def test_eval_loader_sees_every_val_image_once(shards):
