@@ -122,10 +122,13 @@ def save_training(
     optimizer: torch.optim.Optimizer,
     progress: Progress,
     env: DistEnv,
-    **extra: Any,
+    *,
+    run_id: str | None,
+    fingerprint: str,
+    config: dict[str, Any],
 ) -> Path | None:
     """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes the
-    checkpoint (with `extra`: the MLflow run id, the fingerprint, the config) and returns it."""
+    checkpoint and returns its path."""
     mine = {"bn": [b.detach().cpu().clone() for b in bn_buffers(model)], "rng": rng_state()}
     per_rank = gather_objects(mine)
     if not env.is_main:
@@ -138,8 +141,9 @@ def save_training(
         "step": progress.step,
         "progress": asdict(progress),
         "world_size": env.world_size,
-        "mlflow_run_id": extra.pop("run_id"),
-        **extra,
+        "mlflow_run_id": run_id,
+        "fingerprint": fingerprint,
+        "config": config,
     }
     return save(directory, state, keep)
 
