@@ -105,7 +105,13 @@ def digits(tmp_path_factory):
 
 
 def demo_on_slurm(folder, shards, **changes):
-    slurm = {"launcher": {"cluster": "slurm", "timeout_min": 15, "max_num_timeout": 5}}
+    """The demo on Slurm, 4 epochs long: the tests act on a running job (signal, requeue,
+    kill Snakemake and restart it), and the job must still be running when they are done,
+    however slowly Slurm delivers a signal on a loaded machine."""
+    slurm = {
+        "launcher": {"cluster": "slurm", "timeout_min": 15, "max_num_timeout": 5},
+        "train": {"epochs": 4},
+    }
     return demo_config(folder, shards, **deep_merge(slurm, changes))
 
 
@@ -138,7 +144,7 @@ def mid_run_checkpoint(config_path):
 
 @pytest.fixture(scope="module")
 def reference(slurm, digits, tmp_path_factory):
-    """An uninterrupted 2-epoch run on Slurm."""
+    """An uninterrupted run on Slurm."""
     path = demo_on_slurm(tmp_path_factory.mktemp("reference"), digits)
     run_stage("train", "--config", str(path))
     return path
