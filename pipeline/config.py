@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import PipelineError
 
@@ -107,10 +107,11 @@ class ModelConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
-    name: Literal["hybrid", "sgd", "rmsprop"] = Field(
+    name: Literal["hybrid", "sgd", "rmsprop", "lars"] = Field(
         "hybrid",
         description="hybrid: RMSprop warm-up moving to momentum SGD (the paper); sgd: "
-        "alpha_sgd = 1 throughout; rmsprop: alpha_sgd = 0 throughout.",
+        "alpha_sgd = 1 throughout; rmsprop: alpha_sgd = 0 throughout; lars: LARS as in the "
+        "MLPerf reference (trust ratio per tensor; BN parameters and biases plain momentum).",
     )
     lr_rmsprop: float = Field(3e-4, gt=0, description="eta_RMSprop.")
     momentum: float = Field(0.9, ge=0, lt=1, description="mu1.")
@@ -119,16 +120,34 @@ class OptimizerConfig(_Strict):
     weight_decay: float = Field(
         1e-4, ge=0, description="Added to the gradient; not applied to BN parameters or biases."
     )
+    eeta: float = Field(0.001, gt=0, description="lars: the trust coefficient.")
+    lars_eps: float = Field(
+        0.0, ge=0, description="lars: added to the trust ratio's denominator (MLPerf: 0)."
+    )
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["slow_start", "goyal"] = Field("slow_start")
+    name: Literal["slow_start", "goyal", "poly"] = Field(
+        "slow_start",
+        description="slow_start: the paper's; goyal: Goyal et al.'s warm-up and steps; poly: "
+        "linear warm-up from 0, then polynomial decay to end_lr (the MLPerf LARS schedule).",
+    )
     base_lr: float | None = Field(
-        None, gt=0, description="eta_base; default 0.1 * global_batch / 256 (linear scaling)."
+        None,
+        gt=0,
+        description="eta_base; default: reference_lr scaled from reference_batch to the "
+        "global batch by lr_scaling (0.1 x global_batch / 256, the linear scaling rule).",
+    )
+    reference_lr: float = Field(0.1, gt=0, description="The rate known good at reference_batch.")
+    reference_batch: int = Field(256, ge=1, description="The minibatch of reference_lr.")
+    lr_scaling: Literal["linear", "sqrt"] = Field(
+        "linear", description="How eta_base follows the global batch when base_lr is unset."
     )
     center: float = Field(10.0, description="beta_center of the alpha_sgd transition (epochs).")
     period: float = Field(5.0, gt=0, description="beta_period of the alpha_sgd transition.")
-    warmup_epochs: float = Field(5.0, ge=0, description="goyal: gradual warm-up length.")
+    warmup_epochs: float = Field(5.0, ge=0, description="goyal and poly: warm-up length.")
+    power: float = Field(2.0, gt=0, description="poly: the decay's exponent.")
+    end_lr: float = Field(1e-4, ge=0, description="poly: the rate at the last iteration.")
     scale_to_epochs: bool = Field(
         True,
         description="Scale milestones, warm-up and the alpha_sgd transition by epochs / 90 "
@@ -162,7 +181,13 @@ class TrainConfig(_Strict):
         False, description="Deterministic algorithms (bit-identical resume on CPU)."
     )
     log_every: int = Field(
-        10, ge=1, description="Per-iteration metrics, NaN checks and progress every N steps."
+        10,
+        ge=1,
+        description="Per-iteration metrics, NaN checks, progress and a gradient noise-scale "
+        "sample every N steps.",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="Cross-entropy label smoothing (the paper: 0; MLPerf: 0.1)."
     )
 
 
@@ -203,10 +228,11 @@ class TrackingConfig(_Strict):
 class SweepConfig(_Strict):
     """A grid of experiments on the same shards: every method at every grid point."""
 
-    methods: dict[str, dict[str, Any]] = Field(
+    methods: dict[str, dict[str, Any] | None] = Field(
         default_factory=dict,
         description="Named recipes, each a mapping of config overrides (e.g. goyal: {optimizer: "
-        "{name: sgd}, schedule: {name: goyal}}); without any, the config itself is the method.",
+        "{name: sgd}, schedule: {name: goyal}}); without any, the config itself is the method. "
+        "A method set to null is left out (so that an overlay file can drop one).",
     )
     grid: dict[str, list[Any]] = Field(
         default_factory=dict,
@@ -240,6 +266,31 @@ class Config(_Strict):
         None, description="A grid of experiments, expanded into one experiment per point."
     )
 
+    @model_validator(mode="after")
+    def _recipe_makes_sense(self) -> Config:
+        optimizer, schedule = self.optimizer.name, self.schedule.name
+        if schedule == "poly" and optimizer in ("hybrid", "rmsprop"):
+            raise ValueError(
+                f"optimizer.name = {optimizer!r} with schedule.name = 'poly': the RMSprop term is "
+                "scaled by lr_rmsprop / lr and poly's warm-up starts at lr 0. Use slow_start or "
+                "goyal with this optimizer, or poly with sgd or lars."
+            )
+        if optimizer == "lars" and schedule == "goyal":
+            raise ValueError(
+                "optimizer.name = 'lars' with schedule.name = 'goyal': Goyal's warm-up starts at "
+                "0.1, an SGD rate, while LARS's rate is of another scale (the trust ratio "
+                "multiplies it). Use schedule.name: poly (MLPerf's choice) or slow_start."
+            )
+        explicit = {"base_lr", "reference_lr"} & self.schedule.model_fields_set
+        if optimizer == "lars" and not explicit:
+            raise ValueError(
+                "optimizer.name = 'lars' needs schedule.base_lr or schedule.reference_lr (with "
+                "reference_batch): SGD's default, 0.1 at 256, is not a LARS rate. Published "
+                "ResNet-50 runs used 31.2 at 32,768 (MLPerf v0.6, Google) and 10.5 at 3,264 "
+                "(MLPerf v2.0, NVIDIA)."
+            )
+        return self
+
     @property
     def method(self) -> str:
         """How comparisons group experiments: the label, else optimizer + schedule."""
@@ -252,10 +303,12 @@ class Config(_Strict):
 
     @property
     def base_lr(self) -> float:
-        """eta_base: the linear scaling rule unless set explicitly."""
-        if self.schedule.base_lr is not None:
-            return self.schedule.base_lr
-        return 0.1 * self.global_batch / 256
+        """eta_base: as set, else scaled from the reference rate by the scaling rule."""
+        s = self.schedule
+        if s.base_lr is not None:
+            return s.base_lr
+        ratio = self.global_batch / s.reference_batch
+        return s.reference_lr * (ratio if s.lr_scaling == "linear" else ratio**0.5)
 
     @property
     def tracking_uri(self) -> str:

@@ -93,6 +93,8 @@ def _explain(err: ValidationError, source: str) -> str:
             close = difflib.get_close_matches(loc[-1], allowed, n=1)
             hint = f" (did you mean '{'.'.join([*loc[:-1], close[0]])}'?)" if close else ""
             lines.append(f"  unknown key '{key}'{hint}; allowed here: {', '.join(sorted(allowed))}")
+        elif not loc:  # a check across keys: its message names them
+            lines.append(f"  {problem['msg'].removeprefix('Value error, ')}")
         elif problem["type"] == "missing":
             lines.append(f"  missing required key '{key}'")
         else:

@@ -25,9 +25,11 @@ def expand_experiments(config: Config) -> list[Config]:
         overrides += sweep_points(config)
     if not overrides:
         return [config]
-    base = config.model_dump(mode="json")
-    base.pop("experiments")
-    base.pop("sweep")
+    # Only what the config sets: each experiment is validated as if written out in full, so
+    # checks on what a user left unset (LARS without a rate of its own) still apply.
+    base = config.model_dump(mode="json", exclude_unset=True)
+    base.pop("experiments", None)
+    base.pop("sweep", None)
     expanded: dict[str, Config] = {}
     for where, override in overrides:
         if "experiment" not in override:
@@ -53,10 +55,10 @@ def sweep_points(config: Config) -> list[tuple[str, dict[str, Any]]]:
     """One override per (method, grid point), named <experiment>-<method>-<key><value>..."""
     sweep = config.sweep
     assert sweep is not None
-    methods = sweep.methods or {"": {}}
+    methods = {name: recipe for name, recipe in sweep.methods.items() if recipe is not None}
     keys = list(sweep.grid)
     points = []
-    for method, recipe in methods.items():
+    for method, recipe in (methods or {"": {}}).items():
         for values in itertools.product(*(sweep.grid[k] for k in keys)):
             override = copy.deepcopy(recipe)
             parts = [config.experiment] + ([method] if method else [])

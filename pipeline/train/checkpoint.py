@@ -109,6 +109,8 @@ class Progress:
     step: int = 0  # the next step within it
     iteration: int = 0  # steps done in total
     epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss, correct, n
+    # the epoch's noise-scale estimates so far: tr(Sigma) sum, |G|^2 sum, samples
+    noise_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
     epoch_train_s: float = 0.0
     epoch_wait_s: float = 0.0
     wall_time_s: float = 0.0

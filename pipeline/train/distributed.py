@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -89,6 +90,7 @@ class AllReduceState:
     dtype: torch.dtype
     bytes_reduced: int = 0
     calls: int = 0
+    probe: Any = None  # a NoiseProbe: sees each bucket before it is reduced, when measuring
 
 
 def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would fail its check
@@ -100,6 +102,8 @@ def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would 
     group = state.process_group or dist.group.WORLD
     world_size = dist.get_world_size(group)
     buffer = bucket.buffer()
+    if state.probe is not None and state.probe.measuring:
+        state.probe.add_bucket(bucket.parameters(), bucket.gradients())
     if state.dtype == buffer.dtype:
         reduced = buffer.div_(world_size)
     else:

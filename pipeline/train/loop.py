@@ -38,7 +38,8 @@ from pipeline.train.distributed import (
 )
 from pipeline.train.evaluate import evaluate
 from pipeline.train.model import build_model, param_groups, to_device
-from pipeline.train.optim import HybridRMSpropSGD
+from pipeline.train.noise_scale import NoiseProbe, noise_estimates
+from pipeline.train.optim import LARS, HybridRMSpropSGD
 from pipeline.train.schedules import Schedule
 from pipeline.train.step import TrainStep
 
@@ -65,6 +66,24 @@ def configure_determinism(deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    o = config.optimizer
+    groups = param_groups(model, o.weight_decay)
+    if o.name == "lars":
+        return LARS(groups, config.base_lr, o.momentum, eeta=o.eeta, eps=o.lars_eps)
+    # sgd and rmsprop are the hybrid with alpha_SGD held at 1 or 0 (the schedule does that)
+    return HybridRMSpropSGD(
+        groups,
+        lr=config.base_lr,
+        alpha_sgd=1.0,
+        lr_rmsprop=o.lr_rmsprop,
+        momentum=o.momentum,
+        rms_decay=o.rms_decay,
+        eps=o.eps,
+        compiled=config.train.compile_optimizer,
+    )
 
 
 class Trainer:
@@ -101,17 +120,7 @@ class Trainer:
         if loaded is not None:
             self.model.load_state_dict(loaded.state["model"])
         self.ddp, self.comm = wrap_ddp(self.model, env, t.allreduce_dtype)
-        o = config.optimizer
-        self.optimizer = HybridRMSpropSGD(
-            param_groups(self.model, o.weight_decay),
-            lr=config.base_lr,
-            alpha_sgd=1.0,
-            lr_rmsprop=o.lr_rmsprop,
-            momentum=o.momentum,
-            rms_decay=o.rms_decay,
-            eps=o.eps,
-            compiled=t.compile_optimizer,
-        )
+        self.optimizer = build_optimizer(config, self.model)
         self.run_id: str | None = None
         if loaded is not None:
             self._restore(loaded)
@@ -131,6 +140,11 @@ class Trainer:
         self.val_loader = make_loader(self.val_set, eval_sampler, workers, pin_memory=cuda)
         self.normalize = Normalizer(env.device, t.channels_last)
         self.schedule = Schedule(config)
+        # The noise scale needs two batch sizes: micro-batch and minibatch must differ.
+        self.noise = None
+        if t.accumulate * env.world_size > 1:
+            self.noise = NoiseProbe(self.model, t.accumulate, hooked=env.world_size > 1)
+            self.comm.probe = self.noise
         self.step = TrainStep(
             self.model,
             self.ddp,
@@ -140,6 +154,8 @@ class Trainer:
             t.accumulate,
             bf16=t.precision == "bf16",
             average_micro_bn=not config.model.bn_moving_average,
+            label_smoothing=t.label_smoothing,
+            noise=self.noise,
         )
         self.tracker: Tracker | None = None
         self.steps_run = 0  # by this process (the comm hook's byte count is per process)
@@ -183,6 +199,11 @@ class Trainer:
         t = self.config.train
         p = self.progress
         last_save = time.monotonic()
+        if self.noise is None and self.env.is_main:
+            say(
+                "gradient noise scale: not measured (one process, train.accumulate 1: the "
+                "micro-batch is the minibatch, and it takes two batch sizes)"
+            )
         while p.epoch < t.epochs:
             start = time.monotonic()
             before_resume_s = p.epoch_train_s  # this epoch's time before a restart, if any
@@ -201,6 +222,7 @@ class Trainer:
                 "epoch_time_s": before_resume_s + (time.monotonic() - start),
                 "images_per_s": images / max(train_s, 1e-9),
                 "data_wait_fraction": p.epoch_wait_s / max(train_s, 1e-9),
+                **self._epoch_noise_scale(),
             }
             p.history.append({"epoch": p.epoch, **metrics})
             p.wall_time_s += metrics["epoch_time_s"]
@@ -216,6 +238,7 @@ class Trainer:
             p.epoch += 1
             p.step = 0
             p.epoch_sums = [0.0, 0.0, 0.0]
+            p.noise_sums = [0.0, 0.0, 0.0]
             p.epoch_train_s = p.epoch_wait_s = 0.0
             self.save_checkpoint()
             last_save = time.monotonic()
@@ -249,6 +272,7 @@ class Trainer:
         for step in range(p.step, steps):
             e = epoch + step / steps
             lr, alpha = self.schedule(e)
+            log_point = (p.iteration + 1) % t.log_every == 0 or step == steps - 1
             step_loss = self.step(
                 next_batch,
                 lr,
@@ -256,22 +280,28 @@ class Trainer:
                 self.schedule.sgd_from(e),
                 interval,
                 average_bn=step == steps - 1,
+                measure_noise=log_point and self.noise is not None,
             )
             self.steps_run += 1
             interval_losses.append(step_loss)
             p.iteration += 1
             p.step = step + 1
 
-            if p.iteration % t.log_every == 0 or p.step == steps:
+            if log_point:
                 now = time.monotonic()
                 want_save = self.env.is_main and now - last_save >= t.checkpoint_every_min * 60
                 losses = torch.stack(interval_losses)
                 nonfinite = float((~torch.isfinite(losses)).sum())  # the one host sync
                 flags = [nonfinite, float(want_save), float(self.stop.requested)]
-                reduced = all_reduce_sum([*interval.tolist(), *flags], self.env.device)
-                loss_sum, correct, images, bad, save_now, stop_now = reduced
+                norms = [0.0, 0.0]
+                if self.noise is not None:
+                    norms = [float(self.noise.small_sq), float(self.noise.big_sq)]
+                reduced = all_reduce_sum([*interval.tolist(), *flags, *norms], self.env.device)
+                loss_sum, correct, images, bad, save_now, stop_now, small_sq, big_sq = reduced
                 if bad:
                     self._raise_nonfinite(losses, p.iteration - len(interval_losses), epoch)
+                if self.noise is not None:
+                    self._add_noise_sample(small_sq, big_sq)
                 elapsed = now - tick
                 p.epoch_train_s += elapsed
                 p.epoch_wait_s += waits[0]
@@ -296,6 +326,33 @@ class Trainer:
                 tick = time.monotonic()
         shown.close()
         return last_save
+
+    def _add_noise_sample(self, small_sq_sum: float, big_sq_sum: float) -> None:
+        """One measured step, summed over the ranks: every micro-batch's squared gradient
+        norm, and the minibatch gradient's (the same on every rank)."""
+        t, world = self.config.train, self.env.world_size
+        trace, grad_sq = noise_estimates(
+            small_sq_sum / (t.accumulate * world),
+            big_sq_sum / world,
+            t.batch_per_worker,
+            self.sampler.global_batch,
+        )
+        sums = self.progress.noise_sums
+        sums[0] += trace
+        sums[1] += grad_sq
+        sums[2] += 1
+
+    def _epoch_noise_scale(self) -> dict[str, float]:
+        """B_simple over the epoch's samples; nothing when |G|^2 did not come out positive
+        (noise swamped the signal: there is no number to report)."""
+        trace, grad_sq, samples = self.progress.noise_sums
+        if not samples or grad_sq <= 0:
+            return {}
+        return {
+            "noise_scale": trace / grad_sq,
+            "noise_trace": trace / samples,
+            "noise_grad_sq": grad_sq / samples,
+        }
 
     def _raise_nonfinite(self, losses: torch.Tensor, first_iteration: int, epoch: int) -> None:
         local = torch.nonzero(~torch.isfinite(losses))

@@ -52,14 +52,15 @@ def set_bn_last_batch_statistics(model: nn.Module) -> None:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Weight decay on weights of convolutions and linear layers only: not on BN gamma/beta
-    and not on biases (every parameter with fewer than 2 dimensions)."""
+    and not on biases (every parameter with fewer than 2 dimensions). `adapt` marks the same
+    split for LARS, whose trust ratio applies to the decayed weights only."""
     decay, no_decay = [], []
     for param in model.parameters():
         if param.requires_grad:
             (decay if param.ndim >= 2 else no_decay).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": decay, "weight_decay": weight_decay, "adapt": True},
+        {"params": no_decay, "weight_decay": 0.0, "adapt": False},
     ]
 
 

@@ -64,13 +64,33 @@ def goyal_lr(
     return _step(epoch, base_lr, epochs, [(0, 1.0), (30, 0.1), (60, 0.01), (80, 0.001)])
 
 
+def poly_lr(
+    epoch: float,
+    base_lr: float,
+    epochs: float,
+    warmup_epochs: float,
+    power: float = 2.0,
+    end_lr: float = 1e-4,
+) -> float:
+    """The MLPerf reference's LARS schedule: linear warm-up from 0 to eta_base over
+    `warmup_epochs`, then (eta_base - end_lr) * (1 - t / T) ** power + end_lr, with t the epochs
+    since the warm-up and T = epochs - warmup_epochs."""
+    if epoch < warmup_epochs:
+        return base_lr * epoch / warmup_epochs
+    decay = max(epochs - warmup_epochs, 1e-12)
+    done = min(epoch - warmup_epochs, decay) / decay
+    return (base_lr - end_lr) * (1.0 - done) ** power + end_lr
+
+
 class Schedule:
-    """(eta_SGD, alpha_SGD) as functions of the fractional epoch, for the configured recipe."""
+    """(eta_SGD, alpha_SGD) as functions of the fractional epoch, for the configured recipe
+    (LARS has no RMSprop phase: its alpha_SGD is 1, which the loop passes on unused)."""
 
     def __init__(self, config: Config) -> None:
         epochs = config.train.epochs if config.schedule.scale_to_epochs else PAPER_EPOCHS
-        scale = epochs / PAPER_EPOCHS
+        self.scale = scale = epochs / PAPER_EPOCHS
         self.epochs = epochs
+        self.train_epochs = config.train.epochs  # poly decays over the run, however long
         self.base_lr = config.base_lr
         self.recipe = config.schedule
         self.optimizer = config.optimizer.name
@@ -80,9 +100,18 @@ class Schedule:
     def __call__(self, epoch: float) -> tuple[float, float]:
         if self.recipe.name == "goyal":
             lr = goyal_lr(epoch, self.base_lr, self.epochs, warmup_epochs=self.recipe.warmup_epochs)
+        elif self.recipe.name == "poly":
+            lr = poly_lr(
+                epoch,
+                self.base_lr,
+                self.train_epochs,
+                self.recipe.warmup_epochs * self.scale,
+                self.recipe.power,
+                self.recipe.end_lr,
+            )
         else:
             lr = slow_start_lr(epoch, self.base_lr, self.epochs)
-        if self.optimizer == "sgd":
+        if self.optimizer in ("sgd", "lars"):
             return lr, 1.0
         if self.optimizer == "rmsprop":
             return lr, 0.0
@@ -90,7 +119,7 @@ class Schedule:
 
     def sgd_from(self, epoch: float) -> bool:
         """True when alpha_SGD is 1 from `epoch` to the end (it never decreases)."""
-        if self.optimizer == "sgd":
+        if self.optimizer in ("sgd", "lars"):
             return True
         if self.optimizer == "rmsprop":
             return False

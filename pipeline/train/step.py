@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pipeline.train.distributed import bn_buffers
-from pipeline.train.optim import HybridRMSpropSGD
+from pipeline.train.noise_scale import NoiseProbe
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,12 +44,14 @@ class TrainStep:
         self,
         model: nn.Module,
         wrapped: nn.Module,
-        optimizer: HybridRMSpropSGD,
+        optimizer: torch.optim.Optimizer,
         normalize: Callable[[torch.Tensor], torch.Tensor],
         device: torch.device,
         accumulate: int = 1,
         bf16: bool = False,
         average_micro_bn: bool = False,
+        label_smoothing: float = 0.0,
+        noise: NoiseProbe | None = None,
     ) -> None:
         self.model = model  # the network itself
         self.wrapped = wrapped  # DDP around it, or the network itself with one process
@@ -59,6 +61,8 @@ class TrainStep:
         self.accumulate = accumulate
         self.bf16 = bf16
         self.average_micro_bn = average_micro_bn and accumulate > 1
+        self.label_smoothing = label_smoothing
+        self.noise = noise
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
         if isinstance(self.wrapped, DistributedDataParallel):
@@ -78,15 +82,21 @@ class TrainStep:
         sgd_from_now_on: bool,
         sums: torch.Tensor,
         average_bn: bool = False,
+        measure_noise: bool = False,
     ) -> torch.Tensor:
         """Run one step; add (loss x n, correct, n) into `sums`; return the mean loss (a device
-        tensor: reading it would synchronise with the device, so the caller does it rarely)."""
+        tensor: reading it would synchronise with the device, so the caller does it rarely).
+        With `measure_noise`, the noise probe records this step's gradient norms."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-            group["alpha_sgd"] = alpha_sgd
-            # m matters only through alpha_RMSprop, which is 0 from here on: skip its update.
-            group["track_square_avg"] = not sgd_from_now_on
+            if "alpha_sgd" in group:  # the hybrid optimizer
+                group["alpha_sgd"] = alpha_sgd
+                # m matters only through alpha_RMSprop, which is 0 from here on: skip its update.
+                group["track_square_avg"] = not sgd_from_now_on
         bn_mean = MicroBatchBNMean(self.model) if average_bn and self.average_micro_bn else None
+        noise = self.noise if measure_noise else None
+        if noise is not None:
+            noise.begin()
         step_loss = torch.zeros((), device=self.device)
         for micro in range(self.accumulate):
             images, labels = next_batch()
@@ -95,9 +105,11 @@ class TrainStep:
             last = micro == self.accumulate - 1  # all-reduce only after the last micro-batch
             with contextlib.nullcontext() if last else self._no_sync(), self.autocast():
                 logits = self.wrapped(x)
-                loss = F.cross_entropy(logits.float(), y)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
             # Mean over the whole minibatch: DDP averages over workers, this over micro-batches.
             (loss / self.accumulate).backward()
+            if noise is not None:
+                noise.after_micro(micro)
             if bn_mean is not None:
                 bn_mean.add()
             step_loss += loss.detach()
@@ -106,6 +118,8 @@ class TrainStep:
             sums[2] += y.numel()
         if bn_mean is not None:
             bn_mean.finish()
+        if noise is not None:
+            noise.finish()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss / self.accumulate

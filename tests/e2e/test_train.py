@@ -85,6 +85,7 @@ def test_mlflow_holds_params_tags_and_one_metric_per_epoch(finished):
         "alpha_sgd",
         "epoch_time_s",
         "images_per_s",
+        "noise_scale",
     ):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(EPOCHS)), key

@@ -1,6 +1,7 @@
 """The real training loop on small shards, in this process and in two gloo processes."""
 
 import itertools
+import math
 import os
 from types import SimpleNamespace
 
@@ -13,8 +14,10 @@ from conftest import build_shards, free_port, write_config
 from pipeline.config_files import load_config
 from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
+from pipeline.tracking import Journal
+from pipeline.train.distributed import init_distributed, shutdown_distributed
 from pipeline.train.job import TrainJob
-from pipeline.train.loop import NonFiniteLoss
+from pipeline.train.loop import NonFiniteLoss, Preempted, StopFlag, Trainer
 from pipeline.train.model import build_model
 from synthetic import write_image_tree
 
@@ -78,6 +81,11 @@ def run_two_processes(config):
     )
 
 
+def epoch_metrics(config):
+    records = Journal(RunPaths.of(config).journal).read()
+    return [r["metrics"] for r in records if r.get("type") == "metrics" and r["scope"] == "epoch"]
+
+
 def final_state(config):
     return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
 
@@ -95,6 +103,10 @@ def test_accumulate_2_on_1_process_equals_2_processes(data_config):
         if a[name].is_floating_point():
             # Same images per step, BN per 8-image micro-batch: the same computation.
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+    # and the same gradient noise scale: micro-batches of 8 against minibatches of 16
+    noise_one, noise_two = epoch_metrics(one)[0], epoch_metrics(two)[0]
+    for key in ("noise_scale", "noise_trace", "noise_grad_sq"):
+        assert noise_one[key] == pytest.approx(noise_two[key], rel=1e-4), key
     torch.manual_seed(one.seed)
     initial = build_model(one.model, 3).state_dict()
     assert any(not torch.allclose(initial[n], a[n]) for n in a if a[n].is_floating_point())
@@ -147,8 +159,8 @@ def poison_loss_at(monkeypatch, iteration):
 
     calls = itertools.count()
 
-    def cross_entropy(logits, labels):
-        loss = torch.nn.functional.cross_entropy(logits, labels)
+    def cross_entropy(logits, labels, **options):
+        loss = torch.nn.functional.cross_entropy(logits, labels, **options)
         return loss * float("nan") if next(calls) == iteration else loss
 
     monkeypatch.setattr(step_module, "F", SimpleNamespace(cross_entropy=cross_entropy))
@@ -170,3 +182,66 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(
     assert all(
         torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
     )
+
+
+RECIPES = [
+    ("hybrid", "slow_start"),
+    ("hybrid", "goyal"),
+    ("sgd", "slow_start"),
+    ("sgd", "goyal"),
+    ("sgd", "poly"),
+    ("rmsprop", "slow_start"),
+    ("rmsprop", "goyal"),
+    ("lars", "poly"),
+    ("lars", "slow_start"),
+]
+
+
+@pytest.mark.parametrize(("optimizer", "schedule"), RECIPES)
+def test_every_accepted_recipe_trains_and_logs_the_noise_scale(data_config, optimizer, schedule):
+    """Each optimizer x schedule pair the config accepts runs an epoch: the loss stays finite,
+    the weights move, and the epoch's noise scale is logged (2 micro-batches per step)."""
+    lr = {"base_lr": 2.0} if optimizer == "lars" else {}
+    config = experiment(
+        data_config,
+        f"{optimizer}-{schedule}",
+        optimizer={"name": optimizer},
+        schedule={"name": schedule, "warmup_epochs": 20, **lr},
+        train={"accumulate": 2, "label_smoothing": 0.1},
+    )
+    summary = run_in_process(config)
+    assert summary["iterations"] == 3
+    metrics = epoch_metrics(config)[0]
+    assert math.isfinite(metrics["train_loss"])
+    assert metrics["noise_scale"] > 0 and metrics["noise_grad_sq"] > 0
+    torch.manual_seed(config.seed)
+    initial = build_model(config.model, 3).state_dict()
+    final = final_state(config)
+    assert any(not torch.equal(initial[n], final[n]) for n in final if "weight" in n)
+
+
+def test_a_lars_run_stopped_mid_epoch_resumes_bit_identical(data_config):
+    """LARS's momentum buffers and the epoch's noise-scale sums are in the checkpoint: a run
+    stopped after its second step and resumed ends exactly where an uninterrupted one does."""
+    recipe = {
+        "optimizer": {"name": "lars"},
+        "schedule": {"name": "poly", "base_lr": 2.0, "warmup_epochs": 20},
+        "train": {"epochs": 2, "accumulate": 2, "label_smoothing": 0.1},
+    }
+    whole = experiment(data_config, "lars-whole", **recipe)
+    run_in_process(whole)
+    stopped = experiment(data_config, "lars-stopped", **recipe)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(key, None)
+    env = init_distributed(use_gpu=False)
+    try:
+        trainer = Trainer(stopped, env, run_fingerprint(stopped), StopFlag(requested=True))
+        with pytest.raises(Preempted, match="stopped at iteration 1"):
+            trainer.fit(None)
+    finally:
+        shutdown_distributed()
+    assert (RunPaths.of(stopped).checkpoints / "ckpt-e0000-s0000001.pt").is_file()
+    run_in_process(stopped)  # resumes from that checkpoint
+    a, b = final_state(whole), final_state(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert epoch_metrics(whole)[-1]["noise_scale"] == epoch_metrics(stopped)[-1]["noise_scale"]

@@ -1,3 +1,4 @@
+import itertools
 from pathlib import Path
 
 import pytest
@@ -116,3 +117,34 @@ def test_shipped_configs_are_valid(path):
     base_data = load_config(base).data
     for experiment in expand_experiments(config_from_mapping(merged, source=str(path))):
         assert experiment.data == base_data  # an overlay reuses the base's shards
+
+
+OPTIMIZERS = ("hybrid", "sgd", "rmsprop", "lars")
+SCHEDULES = ("slow_start", "goyal", "poly")
+REJECTED = {("hybrid", "poly"), ("rmsprop", "poly"), ("lars", "goyal")}
+
+
+@pytest.mark.parametrize(("optimizer", "schedule"), list(itertools.product(OPTIMIZERS, SCHEDULES)))
+def test_optimizer_and_schedule_pairs_are_accepted_or_refused_by_name(optimizer, schedule):
+    mapping = {
+        **MINIMAL,
+        "optimizer": {"name": optimizer},
+        "schedule": {"name": schedule, "base_lr": 1.0},
+    }
+    if (optimizer, schedule) not in REJECTED:
+        assert config_from_mapping(mapping).optimizer.name == optimizer
+        return
+    with pytest.raises(ConfigError) as refused:
+        config_from_mapping(mapping)
+    message = str(refused.value)
+    assert f"optimizer.name = '{optimizer}'" in message
+    assert f"schedule.name = '{schedule}'" in message
+    assert "Use " in message  # and what to do instead
+
+
+def test_lars_needs_a_learning_rate_of_its_own():
+    with pytest.raises(ConfigError, match="needs schedule.base_lr or schedule.reference_lr"):
+        config_from_mapping({**MINIMAL, "optimizer": {"name": "lars"}})
+    sized = {"name": "poly", "reference_lr": 31.2, "reference_batch": 32768}
+    config = config_from_mapping({**MINIMAL, "optimizer": {"name": "lars"}, "schedule": sized})
+    assert config.base_lr == pytest.approx(31.2 * config.global_batch / 32768)

@@ -1,12 +1,15 @@
 """The hybrid optimizer against the paper's three equations in float64 NumPy, in each of its
 three forms: the per-tensor loop (CPU default), the foreach kernels (GPU default) and the
-torch.compile'd update (`train.compile_optimizer`)."""
+torch.compile'd update (`train.compile_optimizer`); and LARS against the MLPerf reference's
+formulas, likewise in float64 NumPy."""
+
+import copy
 
 import numpy as np
 import pytest
 import torch
 
-from pipeline.train.optim import HybridRMSpropSGD
+from pipeline.train.optim import LARS, HybridRMSpropSGD
 
 MU1, MU2, EPS, LR_RMS = 0.9, 0.99, 1e-8, 3e-4
 
@@ -203,3 +206,124 @@ def test_a_compiler_that_fails_is_named_with_what_to_do(monkeypatch):
     with pytest.raises(RuntimeError, match="optimizer update on cpu.*compile_optimizer: false"):
         opt.step()
     assert torch.equal(p, torch.ones(13))  # nothing half-applied
+
+
+# --------------------------------------------------------------------------------------------
+# LARS, against the MLPerf reference's formulas in float64 NumPy.
+
+WD, EETA = 5e-4, 0.001
+
+
+def lars_reference(w0, grads, lrs, adapt, weight_decay=WD, eeta=EETA, eps=0.0, momentum=0.9):
+    w = w0.copy()
+    v = np.zeros_like(w)
+    for g, lr in zip(grads, lrs, strict=True):
+        if adapt:
+            w_norm, g_norm = np.linalg.norm(w), np.linalg.norm(g)
+            ok = w_norm > 0 and g_norm > 0
+            trust = eeta * w_norm / (g_norm + weight_decay * w_norm + eps) if ok else 1.0
+            v = momentum * v + lr * trust * (g + weight_decay * w)
+        else:
+            v = momentum * v + lr * g
+        w = w - v
+    return w
+
+
+def run_lars(groups, grads_per_param, lrs, **kwargs):
+    opt = LARS(groups, lr=lrs[0], **kwargs)
+    params = [p for g in groups for p in g["params"]]
+    for i, lr in enumerate(lrs):
+        for group in opt.param_groups:
+            group["lr"] = lr
+        for p, grads in zip(params, grads_per_param, strict=True):
+            p.grad = torch.tensor(grads[i], dtype=p.dtype)
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.fixture
+def lars_trajectory():
+    rng = np.random.default_rng(1)
+    steps = 500
+    weight0, bias0 = rng.normal(size=(6, 4)), rng.normal(size=(6,))
+    weight_grads = [rng.normal(scale=0.01 + 0.02 * (i % 5), size=(6, 4)) for i in range(steps)]
+    bias_grads = [rng.normal(scale=0.05, size=(6,)) for _ in range(steps)]
+    t = np.arange(steps) / steps
+    lrs = np.where(t < 0.2, 2.0 * t / 0.2, 2.0 * (1 - t) ** 2 + 1e-4)  # warm-up then poly
+    return weight0, bias0, weight_grads, bias_grads, lrs.tolist()
+
+
+def test_lars_follows_the_mlperf_formulas_over_many_steps(lars_trajectory):
+    weight0, bias0, weight_grads, bias_grads, lrs = lars_trajectory
+    weight = torch.nn.Parameter(torch.tensor(weight0))
+    bias = torch.nn.Parameter(torch.tensor(bias0))
+    groups = [
+        {"params": [weight], "weight_decay": WD, "adapt": True},
+        {"params": [bias], "weight_decay": 0.0, "adapt": False},
+    ]
+    got_weight, got_bias = run_lars(groups, [weight_grads, bias_grads], lrs, eeta=EETA)
+    want_weight = lars_reference(weight0, weight_grads, lrs, adapt=True)
+    want_bias = lars_reference(bias0, bias_grads, lrs, adapt=False)
+    for got, want in ((got_weight, want_weight), (got_bias, want_bias)):
+        error = np.linalg.norm(got.numpy() - want) / np.linalg.norm(want)
+        assert error <= 1e-6, error
+    # the trust ratio mattered: plain momentum SGD would have moved the weights elsewhere
+    sgd = lars_reference(weight0, weight_grads, lrs, adapt=False)
+    assert np.linalg.norm(sgd - want_weight) > 0.1 * np.linalg.norm(want_weight - weight0)
+
+
+def test_lars_leaves_bn_and_bias_groups_without_trust_ratio_or_decay():
+    """A non-adapted group steps exactly like momentum SGD with the lr inside the buffer,
+    whatever its weight_decay says."""
+    param = torch.nn.Parameter(torch.tensor([3.0, -4.0], dtype=torch.float64))
+    opt = LARS([{"params": [param], "weight_decay": 0.1, "adapt": False}], lr=0.5, eeta=EETA)
+    for _ in range(2):
+        param.grad = torch.tensor([1.0, 1.0], dtype=torch.float64)
+        opt.step()
+    # v1 = 0.5 g, w1 = w0 - 0.5; v2 = 0.9 * 0.5 + 0.5 = 0.95, w2 = w1 - 0.95
+    assert param.detach().tolist() == pytest.approx([3.0 - 1.45, -4.0 - 1.45], abs=1e-12)
+
+
+@pytest.mark.parametrize("zero", ["weight", "grad"])
+def test_lars_trust_ratio_is_one_for_zero_norm_tensors(zero):
+    w = (
+        torch.zeros(3, dtype=torch.float64)
+        if zero == "weight"
+        else torch.ones(3, dtype=torch.float64)
+    )
+    param = torch.nn.Parameter(w.clone())
+    opt = LARS([{"params": [param], "weight_decay": 0.0, "adapt": True}], lr=0.1, eeta=EETA)
+    grad = (
+        torch.zeros(3, dtype=torch.float64)
+        if zero == "grad"
+        else torch.ones(3, dtype=torch.float64)
+    )
+    param.grad = grad
+    opt.step()
+    assert torch.isfinite(param).all()
+    torch.testing.assert_close(param.detach(), w - 0.1 * grad)  # trust 1: a plain step
+
+
+def test_lars_resumes_bit_identical_from_its_state_dict(lars_trajectory):
+    weight0, _, weight_grads, _, lrs = lars_trajectory
+
+    def fresh():
+        param = torch.nn.Parameter(torch.tensor(weight0, dtype=torch.float32))
+        return param, LARS([{"params": [param], "weight_decay": WD}], lr=lrs[0])
+
+    def steps(param, opt, indices):
+        for i in indices:
+            opt.param_groups[0]["lr"] = lrs[i]
+            param.grad = torch.tensor(weight_grads[i], dtype=torch.float32)
+            opt.step()
+
+    param, opt = fresh()
+    steps(param, opt, range(100))
+    weights, state = param.detach().clone(), copy.deepcopy(opt.state_dict())  # as saved
+    steps(param, opt, range(100, 200))
+    resumed, opt2 = fresh()
+    with torch.no_grad():
+        resumed.copy_(weights)
+    opt2.load_state_dict(state)
+    steps(resumed, opt2, range(100, 200))
+    assert torch.equal(param, resumed)

@@ -4,7 +4,7 @@ import math
 import pytest
 
 from pipeline.config_files import config_from_mapping
-from pipeline.train.schedules import Schedule, alpha_sgd, goyal_lr, slow_start_lr
+from pipeline.train.schedules import Schedule, alpha_sgd, goyal_lr, poly_lr, slow_start_lr
 
 MINIMAL = {"experiment": "x", "data": {"name": "d", "root": "/data"}}
 
@@ -99,3 +99,56 @@ def test_schedule_scales_transition_and_milestones_to_short_runs():
     )
     assert Schedule(fixed)(4.0)[0] == 0.5
     assert not lr_alpha.sgd_from(1.24) and lr_alpha.sgd_from(1.25)
+
+
+# --------------------------------------------------------------------------------------------
+# poly: the MLPerf LARS schedule (base 31.2 at 32k, 25 warm-up epochs, about 76 epochs).
+
+
+@pytest.mark.parametrize(
+    ("epoch", "expected"),
+    [
+        (0.0, 0.0),  # the warm-up starts from 0
+        (12.5, 15.6),  # halfway up
+        (25.0, 31.2),  # the top, where the decay starts
+        (50.5, (31.2 - 1e-4) * 0.25 + 1e-4),  # halfway down: (1 - 1/2) ** 2
+        (76.0, 1e-4),  # the end
+        (80.0, 1e-4),  # past the end: held at end_lr
+    ],
+)
+def test_poly_warmup_and_decay_milestones(epoch, expected):
+    assert poly_lr(epoch, 31.2, 76.0, 25.0) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_poly_is_continuous_and_decreasing_after_the_warmup():
+    rates = [poly_lr(e / 10, 2.0, 10.0, 1.0, power=2.0, end_lr=0.0) for e in range(101)]
+    assert rates[:11] == pytest.approx([0.2 * i for i in range(11)])
+    assert all(a >= b for a, b in itertools.pairwise(rates[10:]))
+    assert poly_lr(1.0 - 1e-9, 2.0, 10.0, 1.0) == pytest.approx(poly_lr(1.0, 2.0, 10.0, 1.0))
+
+
+def test_poly_decays_over_the_run_and_scales_only_its_warmup():
+    lars = {"name": "lars"}
+    short = config_from_mapping(
+        {
+            **MINIMAL,
+            "optimizer": lars,
+            "train": {"epochs": 9},
+            "schedule": {"name": "poly", "base_lr": 1.0, "warmup_epochs": 10, "end_lr": 0.0},
+        }
+    )
+    schedule = Schedule(short)
+    assert schedule(1.0) == (pytest.approx(1.0), 1.0)  # warm-up 10 of 90 -> 1 of 9
+    assert schedule(5.0)[0] == pytest.approx((1 - 4 / 8) ** 2)  # over the 9 epochs, not 90
+    assert schedule.sgd_from(0.0)  # LARS has no RMSprop phase
+
+
+def test_lr_scaling_from_a_reference_point():
+    def base_lr(scaling, batch_per_worker):
+        schedule = {"reference_lr": 10.5, "reference_batch": 3264, "lr_scaling": scaling}
+        return config_from_mapping(
+            {**MINIMAL, "schedule": schedule, "train": {"batch_per_worker": batch_per_worker}}
+        ).base_lr
+
+    assert base_lr("sqrt", 816) == pytest.approx(10.5 / 2)  # a quarter of the batch
+    assert base_lr("linear", 816) == pytest.approx(10.5 / 4)
