@@ -13,9 +13,11 @@ costs. Ours runs in both phases, with the default optimizer update and with
 `train.compile_optimizer` (the update fused by torch.compile). The variants take turns in
 many short measurements (3 steps after 1 untimed), in a balanced order (in every six repeats
 each runs right after each other once); the table gives the median ms/step and the median of
-the ratios to the plain loops within a repeat, with its bootstrap 95 % interval. Also: the
-optimizer step alone against torch.optim.SGD and torch.optim.RMSprop. Every process keeps its
-freed memory, as a CPU training job does (`retain_freed_memory`).
+the ratios to the plain loops within a repeat, with its bootstrap 95 % interval. With 2
+processes, ours also runs measuring the gradient noise scale on one step in LOG_EVERY (as
+training does) and on every step, each compared with ours without it. Also: the optimizer step
+alone (the hybrid and LARS) against torch.optim.SGD and torch.optim.RMSprop. Every process
+keeps its freed memory, as a CPU training job does (`retain_freed_memory`).
 
     python benchmarks/trainer_step.py [--arch resnet18] [--size 64] [--batch 32] [--repeats 24]
         [--processes 1 2] [--variants ours_sgd_phase ...]
@@ -57,7 +59,8 @@ from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402
 from pipeline.train.host_memory import retain_freed_memory  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
-from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
+from pipeline.train.noise_scale import NoiseProbe  # noqa: E402
+from pipeline.train.optim import LARS, HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
 
 LOG_EVERY = 10  # the TrainConfig default
@@ -67,12 +70,17 @@ BASELINES = {
     "plain": ("plain loop (torch.optim.SGD)", "sgd"),
     "plain_rmsprop": ("plain loop (torch.optim.RMSprop)", "rmsprop"),
 }
-# Our step's variants: how the table names them, alpha_sgd, compiled optimizer update.
+# Our step's variants: how the table names them, alpha_sgd, compiled optimizer update, and
+# which steps measure the gradient noise scale ("log": one in LOG_EVERY, as training does;
+# "every": all of them). The noise scale needs 2 processes (or accumulation), so the noise
+# variants run with 2 processes only, and are also compared with ours_sgd_phase.
 VARIANTS = {
-    "ours_rmsprop_phase": ("ours, RMSprop phase", 0.5, False),
-    "ours_sgd_phase": ("ours, SGD phase", 1.0, False),
-    "ours_compiled_rmsprop_phase": ("ours, RMSprop phase, compiled update", 0.5, True),
-    "ours_compiled_sgd_phase": ("ours, SGD phase, compiled update", 1.0, True),
+    "ours_rmsprop_phase": ("ours, RMSprop phase", 0.5, False, None),
+    "ours_sgd_phase": ("ours, SGD phase", 1.0, False, None),
+    "ours_compiled_rmsprop_phase": ("ours, RMSprop phase, compiled update", 0.5, True, None),
+    "ours_compiled_sgd_phase": ("ours, SGD phase, compiled update", 1.0, True, None),
+    "ours_sgd_phase_noise": ("ours, SGD phase, noise scale on log steps", 1.0, False, "log"),
+    "ours_sgd_phase_noise_every": ("ours, SGD phase, noise scale every step", 1.0, False, "every"),
 }
 
 
@@ -91,23 +99,46 @@ def make_batches(args, rank: int, count: int = 4) -> list[tuple[torch.Tensor, to
     ]
 
 
-def ours(args, env: DistEnv, batches, tracker: Tracker | None, alpha: float, compiled: bool):
+def ours(
+    args,
+    env: DistEnv,
+    batches,
+    tracker: Tracker | None,
+    alpha: float,
+    compiled: bool,
+    noise: str | None,
+):
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=args.arch), 1000)
-    wrapped, _ = wrap_ddp(model, env, "fp16")
+    wrapped, comm = wrap_ddp(model, env, "fp16")
     optimizer = HybridRMSpropSGD(
         param_groups(model, 1e-4), lr=0.1, alpha_sgd=alpha, compiled=compiled
     )
-    step = TrainStep(model, wrapped, optimizer, Normalizer(env.device), env.device)
+    probe = None
+    if noise is not None:
+        probe = comm.probe = NoiseProbe(model, accumulate=1, hooked=env.world_size > 1)
+    step = TrainStep(model, wrapped, optimizer, Normalizer(env.device), env.device, noise=probe)
     sums = torch.zeros(3, dtype=torch.float64)
     losses: list[torch.Tensor] = []
     next_batch = functools.partial(next, itertools.cycle(batches))
 
     def run(iteration: int | None) -> None:
-        losses.append(step(next_batch, 0.1, alpha, sgd_from_now_on=alpha == 1.0, sums=sums))
-        if iteration is not None and (iteration + 1) % LOG_EVERY == 0:  # the loop's sync point
+        log_point = iteration is not None and (iteration + 1) % LOG_EVERY == 0
+        measure = noise == "every" or (noise == "log" and log_point)
+        losses.append(
+            step(
+                next_batch,
+                0.1,
+                alpha,
+                sgd_from_now_on=alpha == 1.0,
+                sums=sums,
+                measure_noise=measure,
+            )
+        )
+        if log_point:  # the loop's sync point
             finite = float(torch.isfinite(torch.stack(losses)).all())
-            all_reduce_sum([*sums.tolist(), finite, 0.0, 0.0], env.device)
+            norms = [float(probe.small_sq), float(probe.big_sq)] if probe else [0.0, 0.0]
+            all_reduce_sum([*sums.tolist(), finite, 0.0, 0.0, *norms], env.device)
             if tracker is not None:
                 tracker.log(
                     "iteration",
@@ -190,8 +221,10 @@ def worker(rank: int, world: int, args, port: int, out: Path) -> None:
         if name in args.baselines
     }
     for name in args.variants:
-        _, alpha, compiled = VARIANTS[name]
-        runners[name] = ours(args, env, batches, tracker, alpha, compiled)[1]
+        _, alpha, compiled, noise = VARIANTS[name]
+        if noise is not None and world == 1:
+            continue  # one process, no accumulation: there is no noise scale to measure
+        runners[name] = ours(args, env, batches, tracker, alpha, compiled, noise)[1]
     results: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     # Each variant's first steps cost more (the compiled variants compile, the allocator
@@ -231,6 +264,7 @@ def optimizer_only(args) -> dict[str, float]:
         "hybrid compiled (SGD phase)": HybridRMSpropSGD(
             params, lr=0.1, alpha_sgd=1.0, compiled=True
         ),
+        "LARS": LARS([{"params": params, "weight_decay": 1e-4}], lr=0.1),
         "torch.optim.SGD momentum": torch.optim.SGD(params, lr=0.1, momentum=0.9),
         "torch.optim.RMSprop momentum": torch.optim.RMSprop(params, lr=3e-4, momentum=0.9),
     }
@@ -295,9 +329,12 @@ def main() -> None:
         steps[world]["spread"] = {k: [min(v), max(v)] for k, v in raw.items()}
         # Each repeat times the plain loops and ours back to back: the ratio within a repeat
         # cancels the machine's drift, so the table reports the median of those paired ratios.
-        for phase in args.variants:
-            alpha = VARIANTS[phase][1]
-            for baseline in args.baselines if alpha < 1 else ["plain"]:
+        for phase in (v for v in args.variants if v in raw):
+            alpha, noise = VARIANTS[phase][1], VARIANTS[phase][3]
+            baselines = args.baselines if alpha < 1 else ["plain"]
+            if noise is not None and "ours_sgd_phase" in raw:
+                baselines = [*baselines, "ours_sgd_phase"]  # what measuring the noise costs
+            for baseline in baselines:
                 paired = paired_ratios(raw[phase], raw[baseline])
                 key = f"{phase}_vs_{baseline}"
                 steps[world][key] = statistics.median(paired)
@@ -311,22 +348,26 @@ def main() -> None:
         "median of the per-repeat ratios to the plain loops (to the RMSprop one for the RMSprop "
         "phase only) with its bootstrap 95 % interval; min-max in the JSON"
     )
-    print("| processes | step | ms/step | vs plain SGD loop | vs plain RMSprop loop |")
-    print("|---|---|---|---|---|")
+    print(
+        "| processes | step | ms/step | vs plain SGD loop | vs plain RMSprop loop "
+        "| vs ours, SGD phase |"
+    )
+    print("|---|---|---|---|---|---|")
 
     def ratio(s: dict, key: str) -> str:
+        if key not in s:
+            return ""
         low, high = s[f"{key}_interval"]
         return f"{s[key]:.3f}x ({low:.3f}-{high:.3f})"
 
     for world, s in steps.items():
         for baseline in args.baselines:
-            print(f"| {world} | {BASELINES[baseline][0]} | {s[baseline]:.1f} | | |")
-        for phase in args.variants:
-            name, alpha, _ = VARIANTS[phase]
-            versus_rmsprop = ratio(s, f"{phase}_vs_plain_rmsprop") if alpha < 1 else ""
+            print(f"| {world} | {BASELINES[baseline][0]} | {s[baseline]:.1f} | | | |")
+        for phase in (v for v in args.variants if v in s):
             print(
-                f"| {world} | {name} | {s[phase]:.1f} | {ratio(s, f'{phase}_vs_plain')} "
-                f"| {versus_rmsprop} |"
+                f"| {world} | {VARIANTS[phase][0]} | {s[phase]:.1f} "
+                f"| {ratio(s, f'{phase}_vs_plain')} | {ratio(s, f'{phase}_vs_plain_rmsprop')} "
+                f"| {ratio(s, f'{phase}_vs_ours_sgd_phase')} |"
             )
     n_params = sum(p.numel() for p in torchvision.models.get_model(args.arch).parameters())
     print(f"\nOptimizer step alone, {args.arch} ({n_params / 1e6:.1f} M parameters), ms")

@@ -35,6 +35,9 @@ EPOCH_METRICS = (
     "epoch_time_s",
     "images_per_s",
     "data_wait_fraction",
+    "noise_scale",
+    "noise_trace",
+    "noise_grad_sq",
 )
 
 # Table 1 of Akiba, Suzuki and Fukuda (2017): ResNet-50 on ImageNet, 90 epochs.
@@ -73,14 +76,20 @@ def write_metrics_csv(rows: list[dict[str, float]], path: Path) -> None:
 
 
 def plot_curves(
-    rows: list[dict[str, float]], series: dict[str, list], title: str, path: Path
+    rows: list[dict[str, float]],
+    series: dict[str, list],
+    title: str,
+    path: Path,
+    global_batch: int,
 ) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    fig, (top, bottom, noise) = plt.subplots(
+        3, 1, figsize=(8, 9.5), sharex=True, height_ratios=[3, 3, 2]
+    )
     epochs = [r["epoch"] + 1 for r in rows]  # accuracy after epoch k is plotted at k
     top.plot(epochs, [100 * r["val_top1"] for r in rows], "o-", label="val top-1")
     top.plot(epochs, [100 * r["val_top5"] for r in rows], "s--", label="val top-5")
@@ -99,7 +108,6 @@ def plot_curves(
     if lr:
         bottom.plot(*zip(*lr, strict=True), "b-", label="learning rate (eta_SGD)")
     bottom.set_ylabel("learning rate")
-    bottom.set_xlabel("epoch")
     alpha_axis = bottom.twinx()
     if alpha:
         alpha_axis.plot(*zip(*alpha, strict=True), "r-", label="alpha_SGD")
@@ -108,10 +116,39 @@ def plot_curves(
     handles = bottom.get_legend_handles_labels()[0] + alpha_axis.get_legend_handles_labels()[0]
     bottom.legend(handles, [h.get_label() for h in handles], loc="center right")
     bottom.grid(alpha=0.3)
+    _plot_noise_scale(noise, rows, global_batch)
+    noise.set_xlabel("epoch")
     fig.tight_layout()
     with atomic.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def _plot_noise_scale(axis: Any, rows: list[dict[str, float]], global_batch: int) -> None:
+    """The gradient noise scale per epoch beside the global minibatch: a minibatch well
+    above it spends images for little gain per step (McCandlish et al. 2018)."""
+    measured = [(r["epoch"] + 1, r["noise_scale"]) for r in rows if r.get("noise_scale", 0) > 0]
+    axis.axhline(global_batch, color="grey", linestyle="--", label=f"global batch {global_batch:,}")
+    if measured:
+        axis.plot(*zip(*measured, strict=True), "g^-", label="noise scale B_simple")
+    else:
+        axis.text(
+            0.5,
+            0.5,
+            "noise scale not measured (it needs two batch sizes: several processes or accumulate)",
+            transform=axis.transAxes,
+            ha="center",
+            va="center",
+        )
+    axis.set_yscale("log")
+    axis.set_ylabel("images")
+    axis.legend(loc="best")
+    axis.grid(alpha=0.3)
+
+
+def _last_noise_scale(rows: list[dict[str, float]]) -> float | None:
+    values = [r["noise_scale"] for r in rows if "noise_scale" in r]
+    return values[-1] if values else None
 
 
 def _duration(seconds: float) -> str:
@@ -146,9 +183,20 @@ def build_summary(config: Config, rows: list[dict[str, float]], run: Any) -> dic
         "seed": config.seed,
         "optimizer": config.optimizer.name,
         "schedule": config.schedule.name,
+        "noise_scale": _last_noise_scale(rows),
         "mlflow_run_id": run.info.run_id,
         "git_commit": tags.get("git_commit", "unknown"),
     }
+
+
+def _noise_sentence(summary: dict[str, Any]) -> str:
+    noise, batch = summary["noise_scale"], summary["global_batch"]
+    if noise is None:
+        return "Gradient noise scale: not measured (one process without accumulation)."
+    return (
+        f"Gradient noise scale B_simple in the last epoch: {noise:,.0f} images, against a global "
+        f"minibatch of {batch:,} ({batch / noise:.2g}x the noise scale)."
+    )
 
 
 def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
@@ -176,6 +224,8 @@ def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
             100 * summary["final_val_top5"],
         ),
         "",
+        _noise_sentence(summary),
+        "",
         "## In the form of the paper's Table 1",
         "",
         "The first five rows are ResNet-50 on ImageNet as published (Akiba et al. 2017, Table 1);",
@@ -188,7 +238,8 @@ def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
         "",
         "## Curves",
         "",
-        "![validation accuracy, training loss, learning rate and alpha_SGD](curves.png)",
+        "![validation accuracy, training loss, learning rate, alpha_SGD and the gradient noise "
+        "scale](curves.png)",
         "",
         "## Config",
         "",
@@ -222,6 +273,7 @@ def write_report(config: Config) -> dict[str, Any]:
         series,
         f"{config.experiment}: {config.model.arch}, batch {config.global_batch:,}",
         report.curves,
+        config.global_batch,
     )
     summary = build_summary(config, rows, run)
     atomic.write_json(report.summary, summary)
@@ -238,6 +290,11 @@ def _spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{mean:.2f} %"
     return f"{mean:.2f} % ({100 * min(values):.2f}-{100 * max(values):.2f}, n={len(values)})"
+
+
+def _mean_noise(runs: list[dict[str, Any]]) -> str:
+    values = [r["noise_scale"] for r in runs if r.get("noise_scale")]
+    return f"{sum(values) / len(values):,.0f}" if values else "-"
 
 
 def render_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Path) -> None:
@@ -257,16 +314,18 @@ def render_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Pat
         "Final and best validation top-1 per method and global minibatch size: the mean, and the",
         "minimum-maximum over seeds when there are several.",
         "",
-        "| Method | Minibatch | Steps/epoch | Final top-1 | Best top-1 | Runs |",
-        "|---|---|---|---|---|---|",
+        "| Method | Minibatch | Steps/epoch | Final top-1 | Best top-1 | Noise scale | Runs |",
+        "|---|---|---|---|---|---|---|",
     ]
     for (method, batch), runs in sorted(groups.items()):
         steps = runs[0].get("steps_per_epoch", "")
         lines.append(
             f"| {method} | {batch:,} | {steps} | {_spread([r['final_val_top1'] for r in runs])} | "
-            f"{_spread([r['best_val_top1'] for r in runs])} | {len(runs)} |"
+            f"{_spread([r['best_val_top1'] for r in runs])} | {_mean_noise(runs)} | {len(runs)} |"
         )
     lines += [
+        "",
+        "Noise scale: the gradient noise scale B_simple of the last epoch, mean over seeds.",
         "",
         "![final top-1 against minibatch size](summary.png)",
         "",

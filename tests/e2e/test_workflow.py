@@ -65,6 +65,9 @@ def test_every_artifact_exists_and_agrees_with_mlflow(workflow):
         in markdown
     )
     assert "this pipeline: `small`" in markdown and "```yaml" in markdown
+    # one process, no accumulation: one batch size, so no noise scale, and the report says so
+    assert summary["noise_scale"] is None and rows[-1]["noise_scale"] == ""
+    assert "Gradient noise scale: not measured" in markdown
     artifacts = {a.path for a in client.list_artifacts(summary["mlflow_run_id"], "report")}
     assert artifacts == {
         f"report/{n}" for n in ("metrics.csv", "curves.png", "summary.json", "report.md")
