@@ -1,7 +1,7 @@
 # make run   - build .venv if absent, then run the whole pipeline on the embedded demo
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
-# make lint  - ruff, snakemake --lint, and the config schema check
+# make lint  - ruff, snakemake --lint, snakefmt, and the config schema check
 # make reproduce - the batch-size sweep of docs/reproduction.md (about 40 min on 2 cores)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
@@ -47,6 +47,7 @@ lint: $(STAMP)
 	ruff check .
 	ruff format --check .
 	snakemake --lint
+	snakefmt --check Snakefile workflow/rules/*.smk
 	python -m pipeline schema --check
 
 # The paper's claim at small scale: four methods x three minibatch sizes on Imagenette

@@ -4,10 +4,14 @@
 # directive's file, so an experiment would silently inherit the demo's keys. profiles/default
 # names config/config.yaml (the demo) instead, and `--configfile FILE` replaces it.
 
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version, validate
 
-from pipeline.config_files import resolve
+from pipeline.config import ConfigError
+from pipeline.config_files import config_from_mapping, resolve
+from pipeline.experiments import expand_experiments
 
 min_version("9.0")
 
@@ -18,7 +22,12 @@ if not config:
     )
 # pipeline/config_files.py reads the config first: it fills in the defaults, names a bad key or
 # value precisely, and types the strings that `--config 'data={jpeg_quality: 80}'` produces.
-config.update(resolve(config))
+# A bad key or sweep point ends here with our message alone: no traceback through the files.
+try:
+    config.update(resolve(config))
+    expand_experiments(config_from_mapping(config))  # common.smk expands them again
+except ConfigError as err:
+    sys.exit(f"{err}")
 validate(config, "workflow/schemas/config.schema.json", set_default=False)
 
 

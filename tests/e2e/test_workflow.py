@@ -189,3 +189,17 @@ def test_the_slurm_profile_passes_a_dry_run(workflow):
         str(path),
     )
     assert planned_rules(result.stdout) >= {"index", "shard", "verify", "train", "report"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data={jpeg_qualty: 80}", "unknown key 'data.jpeg_qualty' (did you mean"),
+        ("sweep={grid: {train.global_batch: [100]}}", "must be a multiple of batch_per_worker"),
+    ],
+)
+def test_a_bad_config_prints_our_message_and_nothing_else(tmp_path, override, message):
+    result = snakemake(tmp_path, "-n", "--config", override, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and 'File "' not in result.stderr, result.stderr

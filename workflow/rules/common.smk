@@ -49,7 +49,8 @@ wildcard_constraints:
 
 def fingerprint(stage):
     """A hash of the config keys `stage` depends on (pipeline/stage_keys.py), used as a rule's
-    `params` so that Snakemake re-runs the rule (and everything after it) when they change."""
+    `params` so that Snakemake re-runs the rule (and everything after it) when they change.
+    """
     return stage_fingerprint(CFG, stage)
 
 

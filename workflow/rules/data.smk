@@ -6,15 +6,15 @@
 rule demo_data:
     output:
         done=DATA.demo_done,
-    params:
-        config=CONFIG_FILE,
-        fingerprint=fingerprint("demo_data"),
     log:
         LOGS / "demo_data.log",
     benchmark:
         LOGS / "demo_data.benchmark.tsv"
     conda:
         CONDA_ENV
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint("demo_data"),
     shell:
         "python -m pipeline demo-data --config {params.config} > {log} 2>&1"
 
@@ -27,15 +27,15 @@ rule index:
         val=DATA.manifest("val"),
         classes=DATA.classes,
         summary=DATA.index_summary,
-    params:
-        config=CONFIG_FILE,
-        fingerprint=fingerprint("index"),
     log:
         LOGS / "index.log",
     benchmark:
         LOGS / "index.benchmark.tsv"
     conda:
         CONDA_ENV
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint("index"),
     shell:
         "python -m pipeline index --config {params.config} > {log} 2>&1"
 
@@ -47,19 +47,19 @@ rule shard:
     output:
         shard=shard_path(".arrow"),
         stats=shard_path(".json"),
-    params:
-        config=CONFIG_FILE,
-        fingerprint=fingerprint("shard"),
-        index=lambda wildcards: int(wildcards.index),
-    resources:
-        mem_mb=2000,
-        runtime=120,
     log:
         LOGS / "shard" / f"{SHARD_STEM}.log",
     benchmark:
         LOGS / "shard" / f"{SHARD_STEM}.benchmark.tsv"
     conda:
         CONDA_ENV
+    resources:
+        mem_mb=2000,
+        runtime=120,
+    params:
+        config=CONFIG_FILE,
+        fingerprint=fingerprint("shard"),
+        index=lambda wildcards: int(wildcards.index),
     shell:
         "python -m pipeline shard --config {params.config}"
         " --split {wildcards.split} --shard {params.index} > {log} 2>&1"
@@ -73,14 +73,14 @@ rule shard_index:
         train=DATA.shard_index("train"),
         val=DATA.shard_index("val"),
         quarantine=DATA.quarantine,
-    params:
-        config=CONFIG_FILE,
     log:
         LOGS / "shard_index.log",
     benchmark:
         LOGS / "shard_index.benchmark.tsv"
     conda:
         CONDA_ENV
+    params:
+        config=CONFIG_FILE,
     shell:
         "python -m pipeline shard-index --config {params.config} > {log} 2>&1"
 
@@ -91,13 +91,13 @@ rule verify:
         shards=all_shard_files(".arrow"),
     output:
         verified=DATA.verified,
-    params:
-        config=CONFIG_FILE,
     log:
         LOGS / "verify.log",
     benchmark:
         LOGS / "verify.benchmark.tsv"
     conda:
         CONDA_ENV
+    params:
+        config=CONFIG_FILE,
     shell:
         "python -m pipeline verify --config {params.config} > {log} 2>&1"

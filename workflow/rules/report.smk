@@ -19,12 +19,12 @@ rule report:
         ),
         summary=REPORT.summary,
         markdown=REPORT.markdown,
-    params:
-        config=experiment_config,
     log:
         LOGS / "report" / "{experiment}.log",
     conda:
         CONDA_ENV
+    params:
+        config=experiment_config,
     shell:
         "python -m pipeline report --config {params.config} > {log} 2>&1"
 
@@ -35,20 +35,20 @@ rule compare:
     output:
         markdown=COMPARISON.markdown,
         plot=report(COMPARISON.plot, caption="../report/summary.rst", category="Comparison"),
-    params:
-        config=CONFIG_FILE,
     log:
         LOGS / "compare.log",
     conda:
         CONDA_ENV
+    params:
+        config=CONFIG_FILE,
     shell:
         "python -m pipeline compare --config {params.config} --summaries {input.summaries} "
         "> {log} 2>&1"
 
 
 rule reproduce:
+    default_target: False
     # Every experiment of the config (a sweep: one per method and grid point), then the
     # comparison: `snakemake reproduce --configfile config/experiments/reproduce-imagenette.yaml`
     input:
         final_targets(),
-    default_target: False

@@ -9,18 +9,18 @@ rule train:
     output:
         final=RUN.final,
         done=RUN.train_done,
-    params:
-        config=experiment_config,
-        fingerprint=experiment_fingerprint,
-    resources:
-        # profiles/default allows one at a time: local training uses every core.
-        train_slots=1,
+    log:
+        LOGS / "train" / "{experiment}.log",
     # Never re-run on failure: a cancelled job is a decision, a NaN would recur, and requeues
     # after preemption are handled inside the job by submitit.
     retries: 0
-    log:
-        LOGS / "train" / "{experiment}.log",
     conda:
         CONDA_ENV
+    resources:
+        # profiles/default allows one at a time: local training uses every core.
+        train_slots=1,
+    params:
+        config=experiment_config,
+        fingerprint=experiment_fingerprint,
     shell:
         "python -m pipeline train --config {params.config} > {log} 2>&1"
