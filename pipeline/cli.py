@@ -25,10 +25,11 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--set",
         dest="overrides",
-        action="append",
+        action="extend",
+        nargs="+",
         default=[],
         metavar="KEY=VALUE",
-        help="override one dotted key, e.g. --set data.max_side=400 (repeatable)",
+        help="override dotted keys, e.g. --set data.max_side=400 data.jpeg_quality=80",
     )
 
 
@@ -78,6 +79,11 @@ def cmd_sync_mlflow(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     stages.report(_config(args))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    stages.evaluate(_config(args), args.checkpoint)
     return 0
 
 
@@ -187,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start over (the old run is kept aside)")
     _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
     _add_config_args(stage("report", cmd_report, "metrics.csv, curves.png, report.md from MLflow"))
+    p = stage("evaluate", cmd_evaluate, "top-1/top-5 of a checkpoint on the val shards")
+    _add_config_args(p)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="final.pt (the default) or a periodic checkpoint; the resolution comes from "
+        "--set data.val_resize=N data.image_size=M",
+    )
     p = stage("compare", cmd_compare, "summary.md/png over the config's experiments")
     _add_config_args(p)
     p.add_argument(

@@ -103,6 +103,19 @@ class RunPaths:
         return self.root / "train_done.json"
 
     @property
+    def model_dir(self) -> Path:
+        """The exported network: a torchvision state dict and what it needs (train/export.py)."""
+        return self.root / "model"
+
+    @property
+    def model_weights(self) -> Path:
+        return self.model_dir / "model.safetensors"
+
+    @property
+    def model_card(self) -> Path:
+        return self.model_dir / "model.json"
+
+    @property
     def train_dir(self) -> Path:
         return self.root / "train"
 
@@ -141,6 +154,10 @@ class ReportPaths:
     @property
     def markdown(self) -> Path:
         return self.root / "report.md"
+
+    def evaluation(self, checkpoint: str, resize: int, crop: int) -> Path:
+        """The `evaluate` stage's result for a checkpoint (its file stem) at one resolution."""
+        return self.root / f"evaluation-{checkpoint}-r{resize}-c{crop}.json"
 
 
 @dataclass(frozen=True)

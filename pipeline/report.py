@@ -23,6 +23,7 @@ from pipeline.config import Config
 from pipeline.errors import PipelineError
 from pipeline.paths import ComparisonPaths, ReportPaths, RunPaths
 from pipeline.tracking import Journal, mlflow_client, store_errors, sync_journal
+from pipeline.train.export import log_model
 
 EPOCH_METRICS = (
     "train_loss",
@@ -199,6 +200,27 @@ def _noise_sentence(summary: dict[str, Any]) -> str:
     )
 
 
+def _model_section(summary: dict[str, Any]) -> list[str]:
+    if "model_uri" not in summary:
+        return []
+    return [
+        "## The model",
+        "",
+        "`../model/model.safetensors` is a plain torchvision state dict; `../model/model.json`",
+        "names the architecture, the classes and the preprocessing. Without this project:",
+        "",
+        "```python",
+        "import json, safetensors.torch, torchvision",
+        'card = json.load(open("model.json"))',
+        'net = torchvision.models.get_model(card["arch"], num_classes=card["num_classes"])',
+        'net.load_state_dict(safetensors.torch.load_file("model.safetensors"))',
+        "```",
+        "",
+        f'In MLflow: `mlflow.pytorch.load_model("{summary["model_uri"]}")`.',
+        "",
+    ]
+
+
 def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
     import torch
 
@@ -236,6 +258,7 @@ def write_markdown(config: Config, summary: dict[str, Any], path: Path) -> None:
         *["| " + " | ".join(row) + " |" for row in PAPER_TABLE],
         "| " + " | ".join(ours) + " |",
         "",
+        *_model_section(summary),
         "## Curves",
         "",
         "![validation accuracy, training loss, learning rate, alpha_SGD and the gradient noise "
@@ -276,6 +299,9 @@ def write_report(config: Config) -> dict[str, Any]:
         config.global_batch,
     )
     summary = build_summary(config, rows, run)
+    with store_errors(uri, run_paths.journal):
+        if run_paths.model_weights.is_file():
+            summary["model_uri"] = log_model(run_paths.model_dir, uri, synced.run_id)
     atomic.write_json(report.summary, summary)
     write_markdown(config, summary, report.markdown)
     with store_errors(uri, run_paths.journal):

@@ -155,6 +155,44 @@ def report(config: Config) -> dict[str, Any]:
     return summary
 
 
+def evaluate(config: Config, checkpoint: Path | None = None) -> dict[str, Any]:
+    """Single-crop top-1/top-5 of a checkpoint (default: final.pt) on the val shards, at the
+    config's val_resize / image_size: into the report folder and the run's MLflow metrics."""
+    import torch
+
+    from pipeline import atomic
+    from pipeline.tracking import mlflow_client, store_errors
+    from pipeline.train.evaluate import evaluate_checkpoint
+
+    run = RunPaths.of(config)
+    path = checkpoint or run.final
+    if not path.is_file():
+        raise ConfigError(f"evaluate: {path} not found; train first, or pass --checkpoint FILE")
+    d = config.data
+    metrics = evaluate_checkpoint(config, path)
+    result = {
+        "checkpoint": str(path),
+        "val_resize": d.val_resize,
+        "image_size": d.image_size,
+        **{key.replace("val_", ""): value for key, value in metrics.items()},
+    }
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    run_id = state.get("mlflow_run_id") or state.get("summary", {}).get("mlflow_run_id")
+    out = ReportPaths.of(config).evaluation(path.stem, d.val_resize, d.image_size)
+    atomic.write_json(out, {**result, "mlflow_run_id": run_id})
+    if run_id:
+        prefix = f"eval/{path.stem}/r{d.val_resize}-c{d.image_size}"
+        with store_errors(config.tracking_uri, run.journal):
+            client = mlflow_client(config.tracking_uri)
+            for key in ("top1", "top5", "loss"):
+                client.log_metric(run_id, f"{prefix}/{key}", result[key])
+    say(
+        f"evaluate: {path.name} at {d.val_resize}/{d.image_size}: top-1 "
+        f"{100 * result['top1']:.2f} %, top-5 {100 * result['top5']:.2f} % ({out})"
+    )
+    return result
+
+
 def compare(config: Config, summaries: Iterable[Path] | None = None) -> None:
     """summary.md and summary.png over several experiments' reports."""
     from pipeline.report import write_comparison

@@ -1,16 +1,22 @@
 """Validation: top-1, top-5 and loss over the whole val split, every image counted once across
-the ranks (the eval sampler gives each rank a disjoint part)."""
+the ranks (the eval sampler gives each rank a disjoint part); and the same for a saved
+checkpoint, outside training (the `evaluate` stage)."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.train.distributed import all_reduce_sum
+
+if TYPE_CHECKING:
+    from pipeline.config import Config
 
 
 @torch.no_grad()
@@ -41,3 +47,34 @@ def evaluate(
     if n != num_images:
         raise RuntimeError(f"validation saw {n} images, the val split has {num_images}")
     return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
+
+
+def evaluate_checkpoint(config: Config, checkpoint: Path) -> dict[str, float]:
+    """Single-crop top-1/top-5 of `checkpoint` (final.pt or a periodic one) on the val shards,
+    at `data.val_resize` / `data.image_size`, in this one process. A periodic checkpoint's
+    BatchNorm statistics are first averaged over the ranks that wrote it, as the trainer does
+    before it validates; final.pt holds that average already."""
+    from pipeline.data.loader import ShardDataset, make_loader
+    from pipeline.data.samplers import EvalBatchSampler
+    from pipeline.data.transforms import Normalizer, ValTransform
+    from pipeline.paths import DataPaths
+    from pipeline.train.distributed import bn_buffers
+    from pipeline.train.model import build_model
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    val_set = ShardDataset(
+        DataPaths.of(config).shard_dir("val"), ValTransform.from_config(config.data)
+    )
+    model = build_model(config.model, val_set.num_classes)
+    model.load_state_dict(state["model"])
+    per_rank = [r["bn"] for r in state.get("per_rank", [])]
+    if len(per_rank) > 1:
+        with torch.no_grad():
+            for i, buffer in enumerate(bn_buffers(model)):
+                buffer.copy_(torch.stack([r[i].float() for r in per_rank]).mean(0))
+    use_gpu = config.launcher.gpus_per_node > 0 and torch.cuda.is_available()
+    device = torch.device("cuda" if use_gpu else "cpu")
+    model = model.to(device)
+    sampler = EvalBatchSampler(len(val_set), config.train.val_batch, 1, 0)
+    loader = make_loader(val_set, sampler, config.data.loader_workers, pin_memory=use_gpu)
+    return evaluate(model, loader, Normalizer(device), contextlib.nullcontext, device, len(val_set))

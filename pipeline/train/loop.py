@@ -37,6 +37,7 @@ from pipeline.train.distributed import (
     wrap_ddp,
 )
 from pipeline.train.evaluate import evaluate
+from pipeline.train.export import export_model, model_card
 from pipeline.train.model import build_model, param_groups, to_device
 from pipeline.train.noise_scale import NoiseProbe, noise_estimates
 from pipeline.train.optim import LARS, HybridRMSpropSGD
@@ -412,3 +413,5 @@ class Trainer:
         }
         with atomic.atomic_path(self.run.final) as tmp:
             torch.save(state, tmp)
+        card = model_card(self.config, self.num_classes, state["summary"])
+        export_model(self.model, card, self.run.model_dir)

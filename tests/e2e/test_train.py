@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT, demo_config, free_port, mlflow_server, run_stage
 from pipeline.config_files import load_config
-from pipeline.paths import RunPaths
+from pipeline.paths import ReportPaths, RunPaths
 from pipeline.tracking import Journal
 
 pytestmark = pytest.mark.slow
@@ -59,6 +59,22 @@ def test_training_writes_final_weights_and_a_summary(finished):
     assert final["arch"] == "resnet18" and final["num_classes"] == 10
     assert "train: done: val_top1" in result.stderr
     assert "epoch 2/2: train_loss" in result.stdout  # rank 0's progress is streamed
+
+
+def test_evaluating_the_last_checkpoint_of_two_ranks_gives_the_last_validation(finished):
+    """The end-of-training checkpoint holds both ranks' BN statistics; evaluate averages them as
+    the trainer did before its last validation, and counts the same images the same way."""
+    config, _ = finished
+    run = RunPaths.of(config)
+    last = run.checkpoints / f"ckpt-e{EPOCHS:04d}-s0000000.pt"
+    assert len(torch.load(last, weights_only=True)["per_rank"]) == 2
+    path = config.results_path.parent / "config.yaml"  # written by demo_config
+    run_stage("evaluate", "--config", str(path), "--checkpoint", str(last))
+    done = json.loads(run.train_done.read_text())
+    result = json.loads(
+        ReportPaths.of(config).evaluation(last.stem, config.data.val_resize, 32).read_text()
+    )
+    assert result["top1"] == done["final"]["val_top1"]
 
 
 def test_mlflow_holds_params_tags_and_one_metric_per_epoch(finished):

@@ -5,6 +5,8 @@ config with two experiments."""
 import csv
 import json
 import re
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 
@@ -17,6 +19,7 @@ from conftest import (
     free_port,
     mlflow_server,
     planned_rules,
+    run_stage,
     write_config,
 )
 from conftest import (
@@ -203,3 +206,65 @@ def test_a_bad_config_prints_our_message_and_nothing_else(tmp_path, override, me
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr and 'File "' not in result.stderr, result.stderr
+
+
+LOAD_WITHOUT_THE_PROJECT = """
+import json, sys, safetensors.torch, torch, torchvision
+folder, inputs = sys.argv[1], sys.argv[2]
+card = json.load(open(folder + "/model.json"))
+net = torchvision.models.get_model(card["arch"], num_classes=card["num_classes"])
+net.load_state_dict(safetensors.torch.load_file(folder + "/model.safetensors"))
+torch.save(net.eval()(torch.load(inputs)), inputs + ".logits")
+"""
+
+
+def test_the_exported_model_loads_without_the_project_and_from_mlflow(workflow, tmp_path):
+    """torchvision + safetensors alone (a separate interpreter, away from this repository)
+    and mlflow.pytorch.load_model both give the trainer's network: the same logits."""
+    import mlflow
+    import torch
+
+    from pipeline.train.model import build_model
+
+    _, _, config, _ = workflow
+    run = RunPaths.of(config)
+    card = json.loads(run.model_card.read_text())
+    assert card["arch"] == "resnet18" and card["num_classes"] == len(card["classes"]) == 10
+    assert card["preprocessing"]["center_crop"] == 32 and len(card["preprocessing"]["mean"]) == 3
+    final = torch.load(run.final, weights_only=True)
+    trained = build_model(config.model, final["num_classes"])
+    trained.load_state_dict(final["model"])
+    inputs = torch.randn(4, 3, 32, 32)
+    expected = trained.eval()(inputs)
+    torch.save(inputs, tmp_path / "inputs.pt")
+    subprocess.run(
+        [sys.executable, "-I", "-c", LOAD_WITHOUT_THE_PROJECT, str(run.model_dir), "inputs.pt"],
+        cwd=tmp_path,
+        check=True,
+    )
+    assert torch.equal(torch.load(tmp_path / "inputs.pt.logits"), expected)
+
+    summary = json.loads(ReportPaths.of(config).summary.read_text())
+    client = MlflowClient(config.tracking_uri)
+    assert client.get_run(summary["mlflow_run_id"]).data.tags["model_uri"] == summary["model_uri"]
+    mlflow.set_tracking_uri(config.tracking_uri)
+    logged = mlflow.pytorch.load_model(summary["model_uri"])
+    torch.testing.assert_close(logged(inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluate_reproduces_the_last_validation_and_takes_other_resolutions(workflow):
+    tmp, path, config, _ = workflow
+    summary = json.loads(ReportPaths.of(config).summary.read_text())
+    snakemake(tmp, "evaluate", "--configfile", str(path))
+    report = ReportPaths.of(config)
+    default = json.loads(report.evaluation("final", 36, 32).read_text())
+    assert default["top1"] == summary["final_val_top1"]  # the same images, the same counts
+    assert default["top5"] == summary["final_val_top5"]
+    resolution = ("data.val_resize=48", "data.image_size=40")
+    run_stage("evaluate", "--config", str(path), "--set", *resolution)
+    other = json.loads(report.evaluation("final", 48, 40).read_text())
+    assert other["val_resize"] == 48 and other["image_size"] == 40 and 0 <= other["top1"] <= 1
+    client = MlflowClient(config.tracking_uri)
+    logged = client.get_run(summary["mlflow_run_id"]).data.metrics
+    assert logged["eval/final/r36-c32/top1"] == default["top1"]
+    assert logged["eval/final/r48-c40/top1"] == other["top1"]

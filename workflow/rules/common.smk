@@ -32,6 +32,7 @@ EXPERIMENT_FILES = {
 # Run and report paths with `{experiment}` left as a wildcard.
 RUN = RunPaths(CFG.results_path / "runs" / "{experiment}")
 REPORT = ReportPaths(RUN.root / "report")
+EVALUATION = REPORT.evaluation("final", CFG.data.val_resize, CFG.data.image_size)
 COMPARISON = ComparisonPaths.of(CFG)
 
 

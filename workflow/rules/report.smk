@@ -52,3 +52,27 @@ rule reproduce:
     # comparison: `snakemake reproduce --configfile config/experiments/reproduce-imagenette.yaml`
     input:
         final_targets(),
+
+
+rule evaluate_run:
+    input:
+        final=RUN.final,
+    output:
+        evaluation=EVALUATION,
+    log:
+        LOGS / "evaluate" / "{experiment}.log",
+    conda:
+        CONDA_ENV
+    params:
+        config=experiment_config,
+    shell:
+        "python -m pipeline evaluate --config {params.config} > {log} 2>&1"
+
+
+rule evaluate:
+    default_target: False
+    # On request (`snakemake evaluate`): each experiment's final weights, single-crop top-1 and
+    # top-5 on the val shards at the config's resolution, into its report folder and MLflow run.
+    # Other checkpoints or resolutions: `python -m pipeline evaluate --checkpoint ... --set ...`.
+    input:
+        per_experiment(EVALUATION),

@@ -9,6 +9,8 @@ rule train:
     output:
         final=RUN.final,
         done=RUN.train_done,
+        model=RUN.model_weights,
+        model_card=RUN.model_card,
     log:
         LOGS / "train" / "{experiment}.log",
     # Never re-run on failure: a cancelled job is a decision, a NaN would recur, and requeues
