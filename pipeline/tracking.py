@@ -8,6 +8,7 @@ stage) later copies into the store whatever it lacks, without duplicates.
 Journal records, one JSON object per line:
     {"type": "run", "run_id": ..., "experiment": ..., "run_name": ..., "params": {}, "tags": {}}
     {"type": "metrics", "scope": "epoch" | "iteration", "step": N, "time_ms": T, "metrics": {...}}
+    {"type": "datasets", "datasets": [{"name": ..., "digest": ..., "source": ..., ...}]}
 """
 
 from __future__ import annotations
@@ -88,6 +89,26 @@ def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, float, int, in
         for key, value in record["metrics"].items():
             rows.append((prefix + key, float(value), int(record["time_ms"]), int(record["step"])))
     return rows
+
+
+def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
+    """MLflow DatasetInputs for the journal's dataset records: the shards a run read, which the
+    UI's Datasets view shows and run comparison tells apart by digest."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    return [
+        DatasetInput(
+            Dataset(
+                name=d["name"],
+                digest=d["digest"],
+                source_type="local",
+                source=json.dumps({"uri": d["source"]}),
+                profile=json.dumps(d["profile"]),
+            ),
+            tags=[InputTag("mlflow.data.context", d["context"])],
+        )
+        for d in datasets
+    ]
 
 
 def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (slow)
@@ -205,6 +226,9 @@ def _sync(
     batch = list(missing.values())
     for i in range(0, len(batch), 1000):
         client.log_batch(run_id, metrics=batch[i : i + 1000])
+    datasets = [d for r in records if r.get("type") == "datasets" for d in r["datasets"]]
+    if datasets and not client.get_run(run_id).inputs.dataset_inputs:
+        client.log_inputs(run_id, datasets=dataset_inputs(datasets))
     return SyncResult(run_id, len(batch), created)
 
 
@@ -304,6 +328,14 @@ class Tracker:
             self._client().log_batch(self.run_id, metrics=batch)
 
         self._queue.put(send)
+
+    def log_datasets(self, datasets: list[dict[str, Any]]) -> None:
+        """The data the run trains and validates on, once per run (a resumed job skips it)."""
+        if any(r.get("type") == "datasets" for r in self.journal.read()):
+            return
+        self.journal.append({"type": "datasets", "datasets": datasets}, sync=True)
+        inputs = dataset_inputs(datasets)
+        self._queue.put(lambda: self._client().log_inputs(self.run_id, datasets=inputs))
 
     def close(self, status: str = "FINISHED", timeout_s: float = 60.0) -> None:
         self._queue.put(lambda: self._client().set_terminated(self.run_id, status))

@@ -7,6 +7,7 @@ Counts always reconcile: manifest rows = shard rows + quarantined rows, per shar
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import time
@@ -176,3 +177,29 @@ def verify_shards(config: Config) -> tuple[list[str], dict[str, Any]]:
         checked = "size, sha256, row count, crc32 of every row, label histogram"
         atomic.write_json(paths.verified, {"splits": summary, "checked": checked})
     return problems, summary
+
+
+def describe_shards(config: Config) -> list[dict[str, Any]]:
+    """The train and val shards as a training run records its inputs: a name, a digest of the
+    split's index.json (which lists every shard's sha256, so other shards give another digest),
+    the source folder, and row, class and shard counts."""
+    data = DataPaths.of(config)
+    described = []
+    for split, context in (("train", "training"), ("val", "evaluation")):
+        raw = data.shard_index(split).read_bytes()
+        index = json.loads(raw)
+        described.append(
+            {
+                "name": f"{config.data.name}/{split}",
+                "digest": hashlib.sha256(raw).hexdigest()[:16],
+                "source": str(config.data.root_path.resolve()),
+                "context": context,
+                "profile": {
+                    "num_rows": index["rows"],
+                    "num_classes": index["num_classes"],
+                    "num_shards": index["num_shards"],
+                    "quarantined": index["quarantined"],
+                },
+            }
+        )
+    return described

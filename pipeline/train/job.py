@@ -60,6 +60,7 @@ class TrainJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         import torch
 
+        from pipeline.data.sharding import describe_shards
         from pipeline.tracking import Journal, Tracker, flatten
         from pipeline.train.distributed import init_distributed, shutdown_distributed
         from pipeline.train.host_memory import retain_freed_memory
@@ -92,6 +93,7 @@ class TrainJob(submitit.helpers.Checkpointable):
                 run_id=trainer.run_id,
             )
             trainer.run_id = tracker.run_id
+            tracker.log_datasets(describe_shards(config))
         status = "FAILED"
         try:
             summary = trainer.fit(tracker)

@@ -90,6 +90,11 @@ def test_mlflow_holds_params_tags_and_one_metric_per_epoch(finished):
     assert run.data.params["optimizer.name"] == "hybrid"
     tags = run.data.tags
     assert tags["world_size"] == "2" and tags["slurm_job_id"] == "none"
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}  # the Datasets view
+    assert set(inputs) == {"digits/train", "digits/val"}
+    assert json.loads(inputs["digits/train"].dataset.profile)["num_rows"] == 1438
+    assert inputs["digits/val"].tags[0].value == "evaluation"
+    assert inputs["digits/train"].dataset.digest != inputs["digits/val"].dataset.digest
     assert tags["git_commit"] and tags["host"] and tags["fingerprint"]
     for key in (
         "train_loss",
@@ -194,6 +199,8 @@ def test_an_unreachable_tracking_server_loses_nothing(demo_shards, tmp_path):
         history = client.get_metric_history(run_id, "val_top1")
         assert sorted(m.step for m in history) == list(range(EPOCHS))
         assert client.get_run(run_id).data.params["train.epochs"] == str(EPOCHS)
+        names = [i.dataset.name for i in client.get_run(run_id).inputs.dataset_inputs]
+        assert sorted(names) == ["digits/train", "digits/val"]  # journalled, backfilled once
 
 
 def test_a_failing_job_exits_non_zero_with_the_tail_of_its_log(demo_shards, tmp_path):

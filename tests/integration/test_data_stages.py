@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import run_stage, write_config
 from pipeline.config_files import load_config
-from pipeline.data.sharding import build_shard
+from pipeline.data.sharding import build_shard, describe_shards
 from pipeline.paths import DataPaths
 
 BAD_FILES = {
@@ -163,3 +163,23 @@ def test_demo_data_writes_a_real_digits_tree(tmp_path):
     other = write_config(tmp_path, tmp_path, data={"demo": {"image_size": 24}})
     result = run_stage("demo-data", "--config", str(other), check=False)
     assert result.returncode == 2 and "refusing to replace" in result.stderr
+
+
+def test_shards_are_described_by_a_digest_that_changes_with_them(dataset, tmp_path):
+    """What a training run records as its MLflow dataset inputs: the same rows sharded
+    otherwise are other shards, and get another digest."""
+    config, config_path, _ = dataset
+    described = {d["name"]: d for d in describe_shards(config)}
+    train = described[f"{config.data.name}/train"]
+    index = json.loads(DataPaths.of(config).shard_index("train").read_text())
+    assert train["profile"]["num_rows"] == index["rows"] and train["context"] == "training"
+    assert described[f"{config.data.name}/val"]["context"] == "evaluation"
+    assert train["source"] == str(config.data.root_path.resolve())
+    other = write_config(
+        tmp_path, config.data.root_path, data={"num_shards": {"train": 2, "val": 2}}
+    )
+    run_stage("index", "--config", str(other))
+    run_stage("shard", "--config", str(other), "--jobs", "2")
+    resharded = {d["name"]: d for d in describe_shards(load_config(other))}
+    assert resharded[train["name"]]["profile"]["num_rows"] == train["profile"]["num_rows"]
+    assert resharded[train["name"]]["digest"] != train["digest"]
