@@ -168,7 +168,7 @@ def test_demo_data_writes_a_real_digits_tree(tmp_path):
 def test_shards_are_described_by_a_digest_that_changes_with_them(dataset, tmp_path):
     """What a training run records as its MLflow dataset inputs: the same rows sharded
     otherwise are other shards, and get another digest."""
-    config, config_path, _ = dataset
+    config, _, _ = dataset
     described = {d["name"]: d for d in describe_shards(config)}
     train = described[f"{config.data.name}/train"]
     index = json.loads(DataPaths.of(config).shard_index("train").read_text())
