@@ -223,6 +223,12 @@ class TrackingConfig(_Strict):
         description="MLflow tracking URI; default sqlite:///<results_dir>/mlflow.db. "
         "Use http://host:port for a server when many jobs log at once.",
     )
+    system_metrics_s: float = Field(
+        10.0,
+        ge=0,
+        description="Seconds between samples of CPU, memory, disk, network and GPU use per "
+        "node (MLflow's System metrics); 0 turns them off.",
+    )
 
 
 class SweepConfig(_Strict):

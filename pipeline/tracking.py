@@ -27,7 +27,14 @@ from typing import Any
 
 from pipeline.errors import PipelineError, first_line
 
-SCOPE_PREFIX = {"epoch": "", "iteration": "iter/"}  # one MLflow key space per step kind
+# One MLflow key space per step kind; system metrics per node: "system/node_3".
+SCOPE_PREFIX = {"epoch": "", "iteration": "iter/", "system": "system/"}
+
+
+def scope_prefix(scope: str) -> str:
+    return SCOPE_PREFIX.get(scope, f"{scope}/")
+
+
 MLFLOW_ENV = {
     # Fail fast on an unreachable server instead of retrying for minutes inside training.
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -85,7 +92,7 @@ def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, float, int, in
     for record in records:
         if record.get("type") != "metrics":
             continue
-        prefix = SCOPE_PREFIX[record["scope"]]
+        prefix = scope_prefix(record["scope"])
         for key, value in record["metrics"].items():
             rows.append((prefix + key, float(value), int(record["time_ms"]), int(record["step"])))
     return rows
@@ -252,6 +259,7 @@ class Tracker:
         self.journal = journal
         self.uri = uri
         self.logged = journal.logged_steps()  # a resumed run does not log a step twice
+        self._lock = threading.RLock()
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._failed: str | None = None
         known = journal.run_id()
@@ -307,27 +315,37 @@ class Tracker:
             self._safe(call)
 
     def log(self, scope: str, step: int, metrics: dict[str, float]) -> None:
-        if (scope, step) in self.logged:
-            return
-        self.logged.add((scope, step))
-        now = _now_ms()
-        record = {
-            "type": "metrics",
-            "scope": scope,
-            "step": step,
-            "time_ms": now,
-            "metrics": metrics,
-        }
-        self.journal.append(record, sync=scope == "epoch")
+        """Thread-safe: the training loop and the system-metrics sampler both log."""
+        with self._lock:
+            if (scope, step) in self.logged:
+                return
+            self.logged.add((scope, step))
+            now = _now_ms()
+            record = {
+                "type": "metrics",
+                "scope": scope,
+                "step": step,
+                "time_ms": now,
+                "metrics": metrics,
+            }
+            self.journal.append(record, sync=scope == "epoch")
 
         def send() -> None:
             from mlflow.entities import Metric
 
-            prefix = SCOPE_PREFIX[scope]
+            prefix = scope_prefix(scope)
             batch = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()]
             self._client().log_batch(self.run_id, metrics=batch)
 
         self._queue.put(send)
+
+    def log_system(self, scope: str, sample: dict[str, float]) -> None:
+        """One system-metrics sample of a node, at the next step of its scope (a resumed run
+        goes on counting where the journal left off)."""
+        with self._lock:
+            done = [step for kind, step in self.logged if kind == scope]
+            step = max(done, default=-1) + 1
+        self.log(scope, step, sample)
 
     def log_datasets(self, datasets: list[dict[str, Any]]) -> None:
         """The data the run trains and validates on, once per run (a resumed job skips it)."""

@@ -156,6 +156,7 @@ def demo_config(folder: Path, shards: Path | None, **changes: Any) -> Path:
     config["results_dir"] = str(folder / "results")
     config["data"]["root"] = str(folder / "digits")
     config["train"].update(epochs=2, checkpoint_every_min=1e-6, log_every=4)
+    config["tracking"] = {"system_metrics_s": 1.0}  # a few samples in a short run
     deep_merge(config, changes)
     if shards is not None:
         link = folder / "results" / "data" / "digits"

@@ -94,6 +94,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             )
             trainer.run_id = tracker.run_id
             tracker.log_datasets(describe_shards(config))
+        sampler = self._system_metrics(config, env, trainer, tracker)
         status = "FAILED"
         try:
             summary = trainer.fit(tracker)
@@ -102,6 +103,9 @@ class TrainJob(submitit.helpers.Checkpointable):
             return summary
         except Preempted:
             status = "RUNNING"  # the requeued job continues this MLflow run
+            if sampler is not None:
+                sampler.stop()
+                sampler = None
             if tracker is not None:
                 tracker.close(status)
                 tracker = None
@@ -110,9 +114,42 @@ class TrainJob(submitit.helpers.Checkpointable):
                 handler.hand_over()  # submitit requeues and exits the process
             sys.exit(0)
         finally:
+            if sampler is not None:
+                sampler.stop()
             if tracker is not None:
                 tracker.close(status)
             shutdown_distributed()
+
+    @staticmethod
+    def _system_metrics(config: Config, env: Any, trainer: Any, tracker: Any) -> Any:
+        """Start the first process of each node sampling its system metrics. Rank 0 logs its
+        node's itself; on a multi-node run the others keep theirs for rank 0, which collects
+        them at the end of each epoch (a collective: every rank takes part)."""
+        from pipeline.train.distributed import gather_objects
+        from pipeline.train.system_metrics import SampleBuffer, SystemSampler
+
+        interval, nodes = config.tracking.system_metrics_s, config.launcher.nodes
+        if interval <= 0:
+            return None
+        node = env.rank // config.launcher.tasks_per_node
+        buffer = SampleBuffer()
+        sampler = None
+        if env.local_rank == 0:
+            if tracker is not None:
+                scope = "system" if nodes == 1 else f"system/node_{node}"
+                sampler = SystemSampler(interval, lambda sample: tracker.log_system(scope, sample))
+            else:
+                sampler = SystemSampler(interval, buffer.add)
+            sampler.start()
+        if nodes > 1:
+
+            def collect() -> None:
+                for other, samples in gather_objects((node, buffer.drain())):
+                    for sample in samples if tracker is not None else []:
+                        tracker.log_system(f"system/node_{other}", sample)
+
+            trainer.at_epoch_end = collect
+        return sampler
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # The state is on disk already (saved by the loop); the new job resumes from it.

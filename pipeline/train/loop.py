@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +160,7 @@ class Trainer:
             noise=self.noise,
         )
         self.tracker: Tracker | None = None
+        self.at_epoch_end: Callable[[], None] | None = None  # every rank calls it, in step
         self.steps_run = 0  # by this process (the comm hook's byte count is per process)
         self.last_checkpoint = loaded.path if loaded is not None else None
 
@@ -236,6 +238,8 @@ class Trainer:
                     f"{100 * val['val_top5']:.2f} % ({metrics['epoch_time_s']:.1f} s, "
                     f"{metrics['images_per_s']:.0f} img/s)"
                 )
+            if self.at_epoch_end is not None:
+                self.at_epoch_end()
             p.epoch += 1
             p.step = 0
             p.epoch_sums = [0.0, 0.0, 0.0]

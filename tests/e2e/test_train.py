@@ -110,6 +110,9 @@ def test_mlflow_holds_params_tags_and_one_metric_per_epoch(finished):
     ):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == list(range(EPOCHS)), key
+    for key in ("system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"):
+        samples = client.get_metric_history(run.info.run_id, key)  # the System metrics tab
+        assert len(samples) >= 2 and all(m.value >= 0 for m in samples), key
     iteration_lr = client.get_metric_history(run.info.run_id, "iter/lr")
     assert len(iteration_lr) >= 2 * 22 // 4
     journal = Journal(RunPaths.of(config).journal).read()

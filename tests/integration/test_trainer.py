@@ -65,7 +65,7 @@ def _rank_entry(rank, config_dict, fingerprint, port):
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
+        LOCAL_RANK=str(rank % config_dict["launcher"]["tasks_per_node"]),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
@@ -245,3 +245,26 @@ def test_a_lars_run_stopped_mid_epoch_resumes_bit_identical(data_config):
     a, b = final_state(whole), final_state(stopped)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert epoch_metrics(whole)[-1]["noise_scale"] == epoch_metrics(stopped)[-1]["noise_scale"]
+
+
+def test_system_metrics_of_every_node_reach_the_journal(data_config):
+    """Two processes as two nodes: each node's first process samples its machine; rank 0
+    logs its own and collects the other node's at the end of each epoch, under node ids."""
+    config = experiment(
+        data_config,
+        "nodes2",
+        launcher={"nodes": 2, "tasks_per_node": 1},
+        tracking={"system_metrics_s": 0.2},
+        train={"epochs": 2},
+    )
+    run_two_processes(config)
+    records = Journal(RunPaths.of(config).journal).read()
+    system = [r for r in records if r.get("scope", "").startswith("system")]
+    by_node = {r["scope"] for r in system}
+    assert by_node == {"system/node_0", "system/node_1"}
+    for scope in by_node:
+        steps = [r["step"] for r in system if r["scope"] == scope]
+        assert steps == list(range(len(steps))) and len(steps) >= 2, (scope, steps)
+    sample = system[0]["metrics"]
+    assert 0 <= sample["cpu_utilization_percentage"] <= 100
+    assert sample["system_memory_usage_megabytes"] > 0

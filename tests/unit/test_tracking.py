@@ -1,6 +1,6 @@
-"""Where MLflow puts a run's artifacts with the default SQLite store."""
+"""Tracking: where MLflow puts a run's artifacts, and which MLflow key each journal scope gets."""
 
-from pipeline.tracking import create_run, mlflow_client
+from pipeline.tracking import create_run, metric_rows, mlflow_client
 
 
 def test_artifacts_stay_beside_the_sqlite_store_whatever_the_working_folder(tmp_path, monkeypatch):
@@ -21,3 +21,21 @@ def test_artifacts_stay_beside_the_sqlite_store_whatever_the_working_folder(tmp_
     second = create_run(uri, "demo", "demo-run-2", {}, {})
     mlflow_client(uri).log_artifact(second, str(note))
     assert (results / "mlartifacts" / "demo" / second / "artifacts" / "note.txt").is_file()
+
+
+def test_each_scope_has_its_own_mlflow_key_space():
+    record = {"type": "metrics", "time_ms": 1, "step": 3}
+    rows = metric_rows(
+        [
+            {**record, "scope": "epoch", "metrics": {"val_top1": 0.5}},
+            {**record, "scope": "iteration", "metrics": {"lr": 0.1}},
+            {**record, "scope": "system", "metrics": {"cpu_utilization_percentage": 50.0}},
+            {**record, "scope": "system/node_2", "metrics": {"cpu_utilization_percentage": 7.0}},
+        ]
+    )
+    assert [key for key, *_ in rows] == [
+        "val_top1",
+        "iter/lr",
+        "system/cpu_utilization_percentage",
+        "system/node_2/cpu_utilization_percentage",
+    ]
