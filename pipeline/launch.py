@@ -169,12 +169,15 @@ def _tail_lines(path: Path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _crash_log(job: submitit.Job, folder: Path) -> Path | None:
+    """The first task log of the job holding a Python traceback: where it crashed."""
+    stderrs = sorted(folder.glob(f"{job.job_id}_*_log.err"))
+    return next((p for p in stderrs if "Traceback" in p.read_text(errors="replace")), None)
+
+
 def _failure_report(job: submitit.Job, state: str, folder: Path) -> str:
     stderrs = sorted(folder.glob(f"{job.job_id}_*_log.err"))
-    failing = next(
-        (p for p in stderrs if "Traceback" in p.read_text(errors="replace")),
-        stderrs[0] if stderrs else None,
-    )
+    failing = _crash_log(job, folder) or (stderrs[0] if stderrs else None)
     text = f"training job {job.job_id} ended as {state}; its logs are in {folder}"
     if failing is not None:
         text += f"\nlast lines of {failing}:\n{_tail_lines(failing)}"
@@ -199,7 +202,35 @@ def wait_for(job: submitit.Job, config: Config, folder: Path, attached: bool) ->
     try:
         return job.results()[0]  # rank 0's summary (every task returns one)
     except Exception as err:  # FailedJobError, UncompletedJobError, ...
+        _end_mlflow_run(config, job, state, crashed=_crash_log(job, folder) is not None)
         raise TrainFailed(f"{_failure_report(job, state, folder)}\n{err}") from None
+
+
+# Slurm's end states of a job that was stopped from outside rather than failing by itself.
+STOPPED_SLURM_STATES = {"CANCELLED", "TIMEOUT", "PREEMPTED", "NODE_FAIL", "DEADLINE"}
+
+
+def _end_mlflow_run(config: Config, job: submitit.Job, state: str, crashed: bool) -> None:
+    """The job is gone without a result: its MLflow run must not stay RUNNING. KILLED when it
+    was stopped (cancelled, killed, out of time for good), FAILED when it crashed; a reason
+    in the tag `end_reason`. A run the job already ended (a crash inside training sets FAILED
+    and its reason itself) is left as it is."""
+    from pipeline.tracking import Journal, mlflow_client
+
+    run_id = Journal(RunPaths.of(config).journal).run_id()
+    if run_id is None:
+        return
+    killed = state in STOPPED_SLURM_STATES or (state == "FINISHED" and not crashed)
+    status = "KILLED" if killed else "FAILED"
+    how = f"ended as {state}" if config.launcher.cluster == "slurm" else "ended without a result"
+    try:
+        client = mlflow_client(config.tracking_uri)
+        if client.get_run(run_id).info.status != "RUNNING":
+            return
+        client.set_tag(run_id, "end_reason", f"training job {job.job_id} {how}")
+        client.set_terminated(run_id, status)
+    except Exception as err:  # the store is down: the run's status is not worth a failure
+        print(f"warning: could not mark MLflow run {run_id} {status}: {err}", file=sys.stderr)
 
 
 @contextlib.contextmanager

@@ -339,6 +339,9 @@ class Tracker:
 
         self._queue.put(send)
 
+    def set_tag(self, key: str, value: str) -> None:
+        self._queue.put(lambda: self._client().set_tag(self.run_id, key, value))
+
     def log_system(self, scope: str, sample: dict[str, float]) -> None:
         """One system-metrics sample of a node, at the next step of its scope (a resumed run
         goes on counting where the journal left off)."""

@@ -18,6 +18,7 @@ from typing import Any
 import submitit
 
 from pipeline.config import Config
+from pipeline.errors import first_line
 from pipeline.hardware import cpu_name
 from pipeline.paths import RunPaths
 
@@ -113,6 +114,10 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.is_main:
                 handler.hand_over()  # submitit requeues and exits the process
             sys.exit(0)
+        except Exception as err:  # a crash, the NaN check: the run says why it failed
+            if tracker is not None:
+                tracker.set_tag("end_reason", f"{type(err).__name__}: {first_line(err, 400)}")
+            raise
         finally:
             if sampler is not None:
                 sampler.stop()

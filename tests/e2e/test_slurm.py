@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import PROJECT, demo_config, run_snakemake, run_stage, write_config
 from pipeline.config_files import deep_merge, load_config
 from pipeline.paths import ReportPaths, RunPaths
+from pipeline.tracking import Journal
 
 pytestmark = [
     pytest.mark.slow,
@@ -203,6 +204,7 @@ def test_the_requeue_signal_saves_requeues_and_resumes(reference, digits, tmp_pa
     client = MlflowClient(config.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(config.experiment).experiment_id])
     assert len(runs) == 1 and runs[0].data.tags["slurm_job_id"] == job
+    assert runs[0].info.status == "FINISHED"  # RUNNING through the requeue, then done
 
 
 def test_scontrol_requeue_resumes_from_the_periodic_checkpoint(reference, digits, tmp_path):
@@ -267,6 +269,10 @@ def test_a_cancelled_training_job_fails_the_rule_clearly(reference, digits, tmp_
     assert str(RunPaths.of(config).submitit) in log
     assert "Error in rule train" in output
     assert not ReportPaths.of(config).markdown.exists()  # nothing downstream ran
+    run_id = Journal(RunPaths.of(config).journal).run_id()
+    mlflow_run = MlflowClient(config.tracking_uri).get_run(run_id)
+    assert mlflow_run.info.status == "KILLED"
+    assert mlflow_run.data.tags["end_reason"] == f"training job {job} ended as CANCELLED"
 
 
 def test_a_rule_failing_on_slurm_is_reported_with_its_log(slurm, tmp_path):

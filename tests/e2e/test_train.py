@@ -206,6 +206,37 @@ def test_an_unreachable_tracking_server_loses_nothing(demo_shards, tmp_path):
         assert sorted(names) == ["digits/train", "digits/val"]  # journalled, backfilled once
 
 
+def test_a_job_killed_under_a_waiting_train_marks_its_run_killed(demo_shards, tmp_path):
+    """The training processes die (the OOM killer, a node gone): `train` fails, and the MLflow
+    run says KILLED with the reason, instead of staying RUNNING for ever."""
+    path = demo_config(tmp_path, demo_shards, train={"epochs": 20})
+    config = load_config(path)
+    run = RunPaths.of(config)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", "--config", str(path)],
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not any(p.name != "ckpt-e0000-s0000000.pt" for p in run.checkpoints.glob("*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.2)
+    job = json.loads(run.job.read_text())["job_id"]
+    ranks = subprocess.run(
+        ["pgrep", "-f", f"submitit.core._submit {run.submitit}"], capture_output=True, text=True
+    ).stdout.split()
+    assert len(ranks) == 2
+    for pid in ranks:
+        os.kill(int(pid), signal.SIGKILL)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode != 0 and f"training job {job}" in stderr
+    mlflow_run = MlflowClient(config.tracking_uri).get_run(Journal(run.journal).run_id())
+    assert mlflow_run.info.status == "KILLED"
+    assert mlflow_run.data.tags["end_reason"] == f"training job {job} ended without a result"
+
+
 def test_a_failing_job_exits_non_zero_with_the_tail_of_its_log(demo_shards, tmp_path):
     # An infinite learning rate turns the weights to inf/NaN at the first update.
     path = demo_config(

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
+from mlflow.tracking import MlflowClient
 
 from conftest import build_shards, free_port, write_config
 from pipeline.config_files import load_config
@@ -182,6 +183,9 @@ def test_nan_loss_stops_with_the_iteration_and_keeps_the_last_good_checkpoint(
     assert all(
         torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point()
     )
+    mlflow_run = MlflowClient(config.tracking_uri).get_run(Journal(run.journal).run_id())
+    assert mlflow_run.info.status == "FAILED"  # and says why
+    assert mlflow_run.data.tags["end_reason"].startswith("NonFiniteLoss: the training loss")
 
 
 RECIPES = [
