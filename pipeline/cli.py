@@ -155,18 +155,21 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    text = schema_text()
+    """The JSON schema and config/README.md, both generated from pipeline/config.py."""
+    from pipeline.config_reference import REFERENCE_PATH, reference_text
+
+    generated = {SCHEMA_PATH: schema_text(), REFERENCE_PATH: reference_text()}
     if args.write:
-        SCHEMA_PATH.write_text(text)
-        print(f"wrote {SCHEMA_PATH}", file=sys.stderr)
+        for path, text in generated.items():
+            path.write_text(text)
+            print(f"wrote {path}", file=sys.stderr)
     elif args.check:
-        if not SCHEMA_PATH.is_file() or SCHEMA_PATH.read_text() != text:
-            print(
-                f"{SCHEMA_PATH} is stale: run `python -m pipeline schema --write`", file=sys.stderr
-            )
-            return 1
+        stale = [p for p, text in generated.items() if not p.is_file() or p.read_text() != text]
+        for path in stale:
+            print(f"{path} is stale: run `python -m pipeline schema --write`", file=sys.stderr)
+        return 1 if stale else 0
     else:
-        sys.stdout.write(text)
+        sys.stdout.write(generated[SCHEMA_PATH])
     return 0
 
 
@@ -232,10 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1_281_167, help="training images")
     p.add_argument("--check-paper", action="store_true", help="compare with the paper's run")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
-    p = stage("schema", cmd_schema, "print, write or check the JSON schema of the config")
+    p = stage("schema", cmd_schema, "print, write or check the config's schema and reference")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--write", action="store_true", help=f"write {SCHEMA_PATH.name}")
-    group.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
+    group.add_argument(
+        "--write", action="store_true", help=f"write {SCHEMA_PATH.name} and config/README.md"
+    )
+    group.add_argument("--check", action="store_true", help="exit 1 if either is stale")
     return parser
 
 

@@ -39,6 +39,8 @@ class DemoData(_Strict):
 
 
 class DataConfig(_Strict):
+    """The images: where they are, how they are sharded and cropped."""
+
     name: str = Field(
         pattern=NAME_PATTERN,
         description="Dataset name; outputs go to <results_dir>/data/<name>/ and are shared by "
@@ -92,6 +94,8 @@ class DataConfig(_Strict):
 
 
 class ModelConfig(_Strict):
+    """The network: any torchvision classification model."""
+
     arch: str = Field("resnet50", description="Any torchvision classification model name.")
     small_input: bool = Field(
         False, description="ResNets: 3x3 stride-1 stem without max-pool, for 32-64 px images."
@@ -107,6 +111,8 @@ class ModelConfig(_Strict):
 
 
 class OptimizerConfig(_Strict):
+    """The update rule and its constants."""
+
     name: Literal["hybrid", "sgd", "rmsprop", "lars"] = Field(
         "hybrid",
         description="hybrid: RMSprop warm-up moving to momentum SGD (the paper); sgd: "
@@ -116,7 +122,7 @@ class OptimizerConfig(_Strict):
     lr_rmsprop: float = Field(3e-4, gt=0, description="eta_RMSprop.")
     momentum: float = Field(0.9, ge=0, lt=1, description="mu1.")
     rms_decay: float = Field(0.99, ge=0, lt=1, description="mu2.")
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(1e-8, gt=0, description="hybrid: added to sqrt(m) in the RMSprop term.")
     weight_decay: float = Field(
         1e-4, ge=0, description="Added to the gradient; not applied to BN parameters or biases."
     )
@@ -127,6 +133,8 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
+    """The learning rate (and alpha_SGD) as a function of the fractional epoch."""
+
     name: Literal["slow_start", "goyal", "poly"] = Field(
         "slow_start",
         description="slow_start: the paper's; goyal: Goyal et al.'s warm-up and steps; poly: "
@@ -156,7 +164,9 @@ class ScheduleConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(90, ge=1)
+    """Length, minibatch, precision, checkpoints and logging of training."""
+
+    epochs: int = Field(90, ge=1, description="Training length; the schedules scale to it.")
     batch_per_worker: int = Field(32, ge=1, description="Images per micro-batch per process.")
     accumulate: int = Field(
         1, ge=1, description="Micro-batches per step: global batch = batch x accumulate x world."
@@ -192,17 +202,23 @@ class TrainConfig(_Strict):
 
 
 class LauncherConfig(_Strict):
+    """Where the training job runs: local processes or a Slurm job (through submitit)."""
+
     cluster: Literal["local", "slurm", "debug"] = Field(
         "local", description="submitit executor: local processes, Slurm, or in-process debug."
     )
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, description="Nodes of the training job.")
     tasks_per_node: int = Field(1, ge=1, description="Processes per node (= GPUs per node).")
-    gpus_per_node: int = Field(0, ge=0)
-    cpus_per_task: int = Field(2, ge=1)
+    gpus_per_node: int = Field(
+        0, ge=0, description="GPUs per node (0: train on CPUs with gloo); Slurm's --gpus-per-node."
+    )
+    cpus_per_task: int = Field(
+        2, ge=1, description="CPU cores per process (threads, data-loading workers)."
+    )
     timeout_min: int = Field(60, ge=1, description="Job time limit; requeued when reached.")
-    partition: str | None = None
-    account: str | None = None
-    mem_gb: float | None = Field(None, gt=0)
+    partition: str | None = Field(None, description="Slurm partition of the training job.")
+    account: str | None = Field(None, description="Slurm account charged for the training job.")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per node (Slurm --mem).")
     signal_delay_s: int = Field(
         120, ge=10, description="The requeue signal comes this long before the time limit."
     )
@@ -218,6 +234,8 @@ class LauncherConfig(_Strict):
 
 
 class TrackingConfig(_Strict):
+    """MLflow: where metrics, datasets and the model go."""
+
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; default sqlite:///<results_dir>/mlflow.db. "

@@ -87,7 +87,7 @@ def test_snakemake_report_html(workflow):
     html = tmp / "report.html"
     snakemake(tmp, "--configfile", str(path), "--report", str(html))
     text = html.read_text(errors="replace")
-    assert "curves.png" in text and "metrics.csv" in text
+    assert "curves.png" in text and "metrics.csv" in text and "summary.json" in text
 
 
 def test_a_training_change_reruns_train_and_report_only(workflow):

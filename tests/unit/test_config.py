@@ -14,6 +14,7 @@ from pipeline.config_files import (
     parse_override,
     schema_text,
 )
+from pipeline.config_reference import REFERENCE_PATH, reference_text
 from pipeline.experiments import expand_experiments
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -95,6 +96,16 @@ def test_schema_file_is_in_sync_with_the_models():
     assert SCHEMA_PATH.read_text() == schema_text(), (
         "workflow/schemas/config.schema.json is stale: run `python -m pipeline schema --write`"
     )
+
+
+def test_config_reference_lists_every_key_and_is_in_sync():
+    text = REFERENCE_PATH.read_text()
+    assert text == reference_text(), (
+        "config/README.md is stale: run `python -m pipeline schema --write`"
+    )
+    for dotted in ("experiment", "data.root", "optimizer.eeta", "train.label_smoothing"):
+        assert f"| `{dotted}` |" in text
+    assert "| `schedule.name` | `slow_start` \\| `goyal` \\| `poly` |" in text
 
 
 def _overlay_base(path: Path) -> Path:

@@ -17,7 +17,12 @@ rule report:
             category="Experiments",
             subcategory="{experiment}",
         ),
-        summary=REPORT.summary,
+        summary=report(
+            REPORT.summary,
+            caption="../report/run_summary.rst",
+            category="Experiments",
+            subcategory="{experiment}",
+        ),
         markdown=REPORT.markdown,
     log:
         LOGS / "report" / "{experiment}.log",
@@ -33,7 +38,9 @@ rule compare:
     input:
         summaries=per_experiment(REPORT.summary),
     output:
-        markdown=COMPARISON.markdown,
+        markdown=report(
+            COMPARISON.markdown, caption="../report/comparison_table.rst", category="Comparison"
+        ),
         plot=report(COMPARISON.plot, caption="../report/summary.rst", category="Comparison"),
     log:
         LOGS / "compare.log",
