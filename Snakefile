@@ -24,8 +24,9 @@ if not config:
 # value precisely, and types the strings that `--config 'data={jpeg_quality: 80}'` produces.
 # A bad key or sweep point ends here with our message alone: no traceback through the files.
 try:
-    config.update(resolve(config))
+    # the experiments from the config as written, so checks of what it leaves unset apply
     expand_experiments(config_from_mapping(config))  # common.smk expands them again
+    config.update(resolve(config))
 except ConfigError as err:
     sys.exit(f"{err}")
 validate(config, "workflow/schemas/config.schema.json", set_default=False)

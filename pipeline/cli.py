@@ -82,6 +82,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mlflow_group(args: argparse.Namespace) -> int:
+    stages.mlflow_group(_config(args), args.out)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     stages.evaluate(_config(args), args.checkpoint)
     return 0
@@ -196,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start over (the old run is kept aside)")
     _add_config_args(stage("sync-mlflow", cmd_sync_mlflow, "copy journal metrics into MLflow"))
     _add_config_args(stage("report", cmd_report, "metrics.csv, curves.png, report.md from MLflow"))
+    p = stage("mlflow-group", cmd_mlflow_group, "the MLflow parent run of a sweep's runs")
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, required=True, help="where to write its run id (JSON)")
     p = stage("evaluate", cmd_evaluate, "top-1/top-5 of a checkpoint on the val shards")
     _add_config_args(p)
     p.add_argument(

@@ -241,6 +241,12 @@ class TrackingConfig(_Strict):
         description="MLflow tracking URI; default sqlite:///<results_dir>/mlflow.db. "
         "Use http://host:port for a server when many jobs log at once.",
     )
+    group: str | None = Field(
+        None,
+        description="Set for each point of a sweep or `experiments` list (to the config's "
+        "`experiment`): the MLflow experiment the points share and the parent run they nest "
+        "under, so the UI compares them in one table.",
+    )
     system_metrics_s: float = Field(
         10.0,
         ge=0,
@@ -333,6 +339,11 @@ class Config(_Strict):
             return s.base_lr
         ratio = self.global_batch / s.reference_batch
         return s.reference_lr * (ratio if s.lr_scaling == "linear" else ratio**0.5)
+
+    @property
+    def mlflow_experiment(self) -> str:
+        """The MLflow experiment of this run: its group's, else its own name."""
+        return self.tracking.group or self.experiment
 
     @property
     def tracking_uri(self) -> str:

@@ -41,6 +41,9 @@ def expand_experiments(config: Config) -> list[Config]:
                     f"set {key} once at the top level"
                 )
         merged = deep_merge(json.loads(json.dumps(base)), override)
+        tracking = merged.setdefault("tracking", {})
+        if tracking.get("group") is None:  # one MLflow experiment and parent run for them all
+            tracking["group"] = config.experiment
         experiment = config_from_mapping(merged, source=f"{where} ({override['experiment']})")
         if experiment.experiment in expanded:
             raise ConfigError(f"{where}: experiment name {experiment.experiment!r} is used twice")

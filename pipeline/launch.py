@@ -283,6 +283,21 @@ def _archive_run(run: RunPaths, reason: str) -> None:
     print(f"train: {reason}; the previous run is kept in {target}", file=sys.stderr)
 
 
+def _group_tags(config: Config) -> dict[str, str]:
+    """A sweep point's run nests under its group's parent run (found or made here, or by the
+    Snakemake rule `mlflow_group` before any training job starts, so that parallel jobs do not
+    each make one). MLflow being down costs the nesting, never the training."""
+    from pipeline.tracking import group_parent
+
+    if config.tracking.group is None:
+        return {}
+    try:
+        return {"mlflow.parentRunId": group_parent(config.tracking_uri, config.tracking.group)}
+    except Exception as err:  # the store is unreachable: the journal keeps everything else
+        print(f"warning: no MLflow parent run for {config.tracking.group}: {err}", file=sys.stderr)
+        return {}
+
+
 def submit_and_wait(config: Config, fresh: bool = False) -> dict[str, Any]:
     run = RunPaths.of(config)
     fingerprint = run_fingerprint(config)
@@ -304,6 +319,10 @@ def submit_and_wait(config: Config, fresh: bool = False) -> dict[str, Any]:
             "git_commit": git_commit(),
             "fingerprint": fingerprint,
             "global_batch": str(config.global_batch),
+            "point": config.experiment,
+            "method": config.method,
+            "seed": str(config.seed),
+            **_group_tags(config),
         }
         executor = make_executor(config, run.submitit)
         with _local_master_port(config):

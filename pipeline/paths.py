@@ -160,6 +160,11 @@ class ReportPaths:
         return self.root / f"evaluation-{checkpoint}-r{resize}-c{crop}.json"
 
 
+def mlflow_group_path(config: Config) -> Path:
+    """Written once the MLflow parent run of the config's experiments exists."""
+    return config.results_path / "mlflow-groups" / f"{config.experiment}.json"
+
+
 @dataclass(frozen=True)
 class ComparisonPaths:
     """Several experiments side by side: `<results_dir>/summary.{md,png}`."""

@@ -155,6 +155,26 @@ def report(config: Config) -> dict[str, Any]:
     return summary
 
 
+def mlflow_group(config: Config, out: Path) -> str | None:
+    """The parent run of the config's experiments in MLflow, made once before they train (so
+    that training jobs started together do not each make one); its id into `out`. An
+    unreachable store is a warning: training must not wait for MLflow."""
+    from pipeline import atomic
+    from pipeline.tracking import group_parent
+
+    try:
+        run_id = group_parent(config.tracking_uri, config.experiment)
+        say(f"mlflow-group: runs of {config.experiment} nest under MLflow run {run_id}")
+    except Exception as err:  # the store is down
+        run_id = None
+        say(
+            f"mlflow-group: warning: MLflow at {config.tracking_uri} failed ({err}); the runs "
+            "will not be nested"
+        )
+    atomic.write_json(out, {"group": config.experiment, "parent_run_id": run_id})
+    return run_id
+
+
 def evaluate(config: Config, checkpoint: Path | None = None) -> dict[str, Any]:
     """Single-crop top-1/top-5 of a checkpoint (default: final.pt) on the val shards, at the
     config's val_resize / image_size: into the report folder and the run's MLflow metrics."""

@@ -156,6 +156,26 @@ def create_run(
     return run.info.run_id
 
 
+GROUP_TAG = "pipeline.group"
+
+
+def group_parent(uri: str, group: str) -> str:
+    """The parent run that a sweep's (or experiments list's) runs nest under, in the MLflow
+    experiment named after the group: found by its tag, else created (FINISHED: it holds no
+    metrics of its own, only children)."""
+    client = mlflow_client(uri)
+    found = client.get_experiment_by_name(group)
+    if found is not None:
+        runs = client.search_runs(
+            [found.experiment_id], filter_string=f"tags.`{GROUP_TAG}` = '{group}'", max_results=1
+        )
+        if runs:
+            return runs[0].info.run_id
+    run_id = create_run(uri, group, group, {}, {GROUP_TAG: group})
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
 class TrackingStoreError(PipelineError):
     """The MLflow store could not be read or written; the journal still holds every metric."""
 

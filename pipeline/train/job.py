@@ -87,7 +87,7 @@ class TrainJob(submitit.helpers.Checkpointable):
             tracker = Tracker(
                 Journal(RunPaths.of(config).journal),
                 config.tracking_uri,
-                config.experiment,
+                config.mlflow_experiment,
                 run_name=f"{config.experiment}-{self.fingerprint[:8]}",
                 params=flatten(self.config),
                 tags=tags,

@@ -145,7 +145,7 @@ def test_two_experiments_share_the_shards_and_are_compared(workflow):
         ],
     )
     plan = snakemake(tmp, "-n", "--configfile", str(sweep)).stdout
-    assert planned_rules(plan) == {"train", "report", "compare", "all"}  # shards reused
+    assert planned_rules(plan) == {"mlflow_group", "train", "report", "compare", "all"}
     snakemake(tmp, "--cores", "2", "--configfile", str(sweep))
     experiments = expand_experiments(load_config(sweep))
     assert [e.global_batch for e in experiments] == [32, 64]
@@ -170,7 +170,7 @@ def test_a_sweep_runs_every_point_and_compares_means_over_seeds(workflow):
     deep["train"]["epochs"] = 1
     sweep.write_text(yaml.safe_dump(deep))
     plan = snakemake(tmp, "reproduce", "-n", "--configfile", str(sweep)).stdout
-    assert planned_rules(plan) == {"train", "report", "compare", "reproduce"}  # shards reused
+    assert planned_rules(plan) == {"mlflow_group", "train", "report", "compare", "reproduce"}
     snakemake(tmp, "reproduce", "--cores", "2", "--configfile", str(sweep))
     names = [e.experiment for e in expand_experiments(load_config(sweep))]
     assert names == ["tiny-akiba-seed0-b64", "tiny-akiba-seed1-b64"]
@@ -178,6 +178,16 @@ def test_a_sweep_runs_every_point_and_compares_means_over_seeds(workflow):
     assert re.search(r"\| akiba \| 64 \| 3 \| [\d.]+ % \([\d.]+-[\d.]+, n=2\) \|", table)
     for name in names:
         assert f"| {name} | akiba |" in table
+    # MLflow: one experiment for the sweep, its points nested under one parent run
+    client = MlflowClient(load_config(sweep).tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("pipeline.group") == "tiny"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(r.data.tags["point"] for r in children) == names
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["seed"] for r in children} == {"0", "1"}
+    assert {r.data.tags["method"] for r in children} == {"akiba"}
 
 
 def test_the_slurm_profile_passes_a_dry_run(workflow):

@@ -13,6 +13,7 @@ from pipeline.paths import (
     DataPaths,
     ReportPaths,
     RunPaths,
+    mlflow_group_path,
     resolved_config_path,
 )
 
@@ -98,3 +99,8 @@ def final_targets():
     if len(EXPERIMENTS) > 1:
         targets += [str(COMPARISON.markdown), str(COMPARISON.plot)]
     return targets
+
+
+def group_input(wildcards):
+    """With several experiments, training waits for their MLflow parent run."""
+    return [str(mlflow_group_path(CFG))] if len(EXPERIMENTS) > 1 else []

@@ -2,8 +2,23 @@
 # Re-running it resumes from the last checkpoint, or re-attaches to a job that still runs.
 
 
+rule mlflow_group:
+    # Several experiments: one MLflow parent run for all of them, made before any trains.
+    output:
+        group=mlflow_group_path(CFG),
+    log:
+        LOGS / "mlflow_group.log",
+    conda:
+        CONDA_ENV
+    params:
+        config=CONFIG_FILE,
+    shell:
+        "python -m pipeline mlflow-group --config {params.config} --out {output.group} > {log} 2>&1"
+
+
 rule train:
     input:
+        group_input,
         verified=DATA.verified,
         indexes=[DATA.shard_index(split) for split in SPLITS],
     output:
