@@ -7,10 +7,8 @@ import contextlib
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -187,43 +185,10 @@ def planned_rules(dry_run_output: str) -> set[str]:
 @contextlib.contextmanager
 def mlflow_server(port: int, folder: Path, store: Path | None = None):
     """A real `mlflow server` on 127.0.0.1:port with a SQLite store (new in `folder`)."""
-    import urllib.request
+    from pipeline.tracking_server import local_server
 
     folder.mkdir(parents=True, exist_ok=True)
-    mlflow = Path(sys.executable).parent / "mlflow"
-    log = open(folder / "server.log", "w")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            str(mlflow),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store or folder / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(folder / "artifacts"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None:
-                    raise RuntimeError((folder / "server.log").read_text()) from None
-                time.sleep(0.5)
-        else:
-            raise RuntimeError("mlflow server did not answer within 60 s")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-        log.close()
+    with local_server(
+        store or folder / "mlflow.db", port, folder / "server.log", folder / "artifacts"
+    ) as url:
+        yield url
