@@ -195,15 +195,16 @@ def test_skipping_m_once_sgd_for_good_changes_nothing_but_m(mode):
     assert torch.all(opt_b.state[b]["square_avg"] == 0) and torch.any(opt_a.state[a]["square_avg"])
 
 
-def test_a_compiler_that_fails_is_named_with_what_to_do(monkeypatch):
+def test_a_compiler_that_fails_is_named_with_what_to_do():
     """A real compile with a C++ compiler that is not there (and no cached result to fall
-    back on): the error says which setting to change."""
-    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
-    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", ("/nonexistent/c++",))
+    back on): the error says which setting to change. (Inductor's own `patch` restores its
+    config; monkeypatching the config module breaks every later compile in the process.)"""
+    broken = {"fx_graph_cache": False, "cpp.cxx": ("/nonexistent/c++",)}
     p = torch.nn.Parameter(torch.ones(13))
     p.grad = torch.ones(13)
     opt = HybridRMSpropSGD([p], lr=0.1, alpha_sgd=0.5, compiled=True)
-    with pytest.raises(RuntimeError, match="optimizer update on cpu.*compile_optimizer: false"):
+    message = "optimizer update on cpu.*compile_optimizer: false"
+    with torch._inductor.config.patch(broken), pytest.raises(RuntimeError, match=message):
         opt.step()
     assert torch.equal(p, torch.ones(13))  # nothing half-applied
 
