@@ -147,9 +147,14 @@ def _plot_noise_scale(axis: Any, rows: list[dict[str, float]], global_batch: int
     axis.grid(alpha=0.3)
 
 
-def _last_noise_scale(rows: list[dict[str, float]]) -> float | None:
-    values = [r["noise_scale"] for r in rows if "noise_scale" in r]
-    return values[-1] if values else None
+def _median_noise_scale(rows: list[dict[str, float]]) -> float | None:
+    """The median over the epochs that measured it: one epoch's estimate swings widely when
+    the gradient is small (late in training, a decayed learning rate), the median does not."""
+    values = sorted(r["noise_scale"] for r in rows if r.get("noise_scale"))
+    if not values:
+        return None
+    middle = len(values) // 2
+    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
 
 
 def _duration(seconds: float) -> str:
@@ -184,7 +189,7 @@ def build_summary(config: Config, rows: list[dict[str, float]], run: Any) -> dic
         "seed": config.seed,
         "optimizer": config.optimizer.name,
         "schedule": config.schedule.name,
-        "noise_scale": _last_noise_scale(rows),
+        "noise_scale": _median_noise_scale(rows),
         "mlflow_run_id": run.info.run_id,
         "git_commit": tags.get("git_commit", "unknown"),
     }
@@ -195,8 +200,8 @@ def _noise_sentence(summary: dict[str, Any]) -> str:
     if noise is None:
         return "Gradient noise scale: not measured (one process without accumulation)."
     return (
-        f"Gradient noise scale B_simple in the last epoch: {noise:,.0f} images, against a global "
-        f"minibatch of {batch:,} ({batch / noise:.2g}x the noise scale)."
+        f"Gradient noise scale B_simple, median over the epochs: {noise:,.0f} images, against a "
+        f"global minibatch of {batch:,} ({batch / noise:.2g}x the noise scale)."
     )
 
 
@@ -351,7 +356,8 @@ def render_comparison(summaries: list[dict[str, Any]], markdown: Path, plot: Pat
         )
     lines += [
         "",
-        "Noise scale: the gradient noise scale B_simple of the last epoch, mean over seeds.",
+        "Noise scale: the gradient noise scale B_simple, median over each run's epochs, mean over",
+        "seeds.",
         "",
         "![final top-1 against minibatch size](summary.png)",
         "",
