@@ -262,8 +262,10 @@ def test_the_exported_model_loads_without_the_project_and_from_mlflow(workflow, 
     torch.testing.assert_close(logged(inputs), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_reproduces_the_last_validation_and_takes_other_resolutions(workflow):
-    tmp, path, config, _ = workflow
+def test_evaluate_reproduces_the_last_validation_and_takes_other_resolutions(workflow, tmp_path):
+    tmp, _, config, _ = workflow
+    path = tmp_path / "small.yaml"  # the module's config file is rewritten by the sweep tests
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     summary = json.loads(ReportPaths.of(config).summary.read_text())
     snakemake(tmp, "evaluate", "--configfile", str(path))
     report = ReportPaths.of(config)
