@@ -189,14 +189,14 @@ def evaluate(config: Config, checkpoint: Path | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"evaluate: {path} not found; train first, or pass --checkpoint FILE")
     d = config.data
-    metrics = evaluate_checkpoint(config, path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    metrics = evaluate_checkpoint(config, state)
     result = {
         "checkpoint": str(path),
         "val_resize": d.val_resize,
         "image_size": d.image_size,
         **{key.replace("val_", ""): value for key, value in metrics.items()},
     }
-    state = torch.load(path, map_location="cpu", weights_only=True)
     run_id = state.get("mlflow_run_id") or state.get("summary", {}).get("mlflow_run_id")
     out = ReportPaths.of(config).evaluation(path.stem, d.val_resize, d.image_size)
     atomic.write_json(out, {**result, "mlflow_run_id": run_id})

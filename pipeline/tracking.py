@@ -280,6 +280,7 @@ class Tracker:
         self.uri = uri
         self.logged = journal.logged_steps()  # a resumed run does not log a step twice
         self._lock = threading.RLock()
+        self._next_step: dict[str, int] = {}  # system-metrics scope -> its next step
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._failed: str | None = None
         known = journal.run_id()
@@ -366,8 +367,11 @@ class Tracker:
         """One system-metrics sample of a node, at the next step of its scope (a resumed run
         goes on counting where the journal left off)."""
         with self._lock:
-            done = [step for kind, step in self.logged if kind == scope]
-            step = max(done, default=-1) + 1
+            if scope not in self._next_step:  # once per scope, not a scan of every sample
+                done = [step for kind, step in self.logged if kind == scope]
+                self._next_step[scope] = max(done, default=-1) + 1
+            step = self._next_step[scope]
+            self._next_step[scope] += 1
         self.log(scope, step, sample)
 
     def log_datasets(self, datasets: list[dict[str, Any]]) -> None:

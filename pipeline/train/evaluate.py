@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -49,9 +48,9 @@ def evaluate(
     return {"val_loss": loss / n, "val_top1": top1 / n, "val_top5": top5 / n}
 
 
-def evaluate_checkpoint(config: Config, checkpoint: Path) -> dict[str, float]:
-    """Single-crop top-1/top-5 of `checkpoint` (final.pt or a periodic one) on the val shards,
-    at `data.val_resize` / `data.image_size`, in this one process. A periodic checkpoint's
+def evaluate_checkpoint(config: Config, state: dict[str, Any]) -> dict[str, float]:
+    """Single-crop top-1/top-5 of a loaded checkpoint (final.pt or a periodic one) on the val
+    shards, at `data.val_resize` / `data.image_size`, in this one process. A periodic checkpoint's
     BatchNorm statistics are first averaged over the ranks that wrote it, as the trainer does
     before it validates; final.pt holds that average already."""
     from pipeline.data.loader import ShardDataset, make_loader
@@ -61,7 +60,6 @@ def evaluate_checkpoint(config: Config, checkpoint: Path) -> dict[str, float]:
     from pipeline.train.distributed import bn_buffers
     from pipeline.train.model import build_model
 
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     val_set = ShardDataset(
         DataPaths.of(config).shard_dir("val"), ValTransform.from_config(config.data)
     )
