@@ -63,6 +63,9 @@ def _say_shard(stats: dict[str, Any]) -> None:
         f"shard {Path(stats['file']).stem}: {stats['manifest_rows']} manifest rows = "
         f"{stats['rows']} written + {len(stats['quarantined'])} quarantined; {done}"
     )
+    for kind, shown in stats["examples"].items():
+        more = actions[kind] - len(shown)
+        say(f"  {kind}, e.g. " + "; ".join(shown) + (f" (+{more} more)" if more else ""))
 
 
 def shard(config: Config, split: str, number: int) -> dict[str, Any]:

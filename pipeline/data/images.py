@@ -20,7 +20,12 @@ MODE_NAMES = {"L": "grayscale", "1": "bilevel", "CMYK": "CMYK", "YCbCr": "YCbCr"
 
 
 class BadImage(ValueError):
-    """The bytes are not a decodable image; the message is the reason."""
+    """The bytes are not a decodable image; the message is the reason, `kind` its fixed-text
+    category, which the shard stage counts (the message may hold sizes and decoder output)."""
+
+    def __init__(self, kind: str, detail: str = "") -> None:
+        super().__init__(f"{kind}: {detail}" if detail else kind)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -28,12 +33,13 @@ class Prepared:
     data: bytes
     width: int
     height: int
-    action: str  # "kept", or "re-encoded: <why>"
+    action: str  # "kept", or "re-encoded: <kinds>": fixed text, so counting it stays bounded
+    detail: str = ""  # the same with the sizes involved, for the log
 
 
 def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
     if not data:
-        raise BadImage("empty file (0 bytes)")
+        raise BadImage("empty file", "0 bytes")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -41,13 +47,13 @@ def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
     except UnidentifiedImageError:
         raise BadImage("not an image (no known image header)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise BadImage(f"refused as a decompression bomb: {err}") from None
+        raise BadImage("refused as a decompression bomb", str(err)) from None
     except Exception as err:  # PIL raises many types for garbage headers
-        raise BadImage(f"unreadable image header: {err}") from None
+        raise BadImage("unreadable image header", first_line(err)) from None
 
     width, height = image.size
     if width < 1 or height < 1:
-        raise BadImage(f"degenerate size {width}x{height}")
+        raise BadImage("degenerate size", f"{width}x{height}")
     reasons = _reencode_reasons(image, max_side)
     if not reasons:
         # Keep the bytes, but only if the whole JPEG stream decodes. Draft mode still reads
@@ -59,7 +65,7 @@ def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
             image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
             image.load()
         except Exception as err:  # OSError for truncation, others for broken streams
-            raise BadImage(f"JPEG does not decode: {first_line(err)}") from None
+            raise BadImage("JPEG does not decode", first_line(err)) from None
         return Prepared(data, width, height, "kept")
 
     scale = max_side / max(width, height)
@@ -72,25 +78,30 @@ def prepare_image(data: bytes, max_side: int, quality: int) -> Prepared:
     try:
         image.load()
     except Exception as err:  # OSError for truncation, SyntaxError/ValueError for corruption
-        raise BadImage(f"cannot decode {image.format}: {first_line(err)}") from None
+        raise BadImage(f"cannot decode {image.format}", first_line(err)) from None
     rgb = to_rgb(image)
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS, reducing_gap=3.0)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=quality, progressive=False, optimize=False)
-    return Prepared(out.getvalue(), target[0], target[1], "re-encoded: " + ", ".join(reasons))
+    kinds = ", ".join(kind for kind, _ in reasons)
+    details = ", ".join(detail for _, detail in reasons)
+    return Prepared(out.getvalue(), target[0], target[1], f"re-encoded: {kinds}", details)
 
 
-def _reencode_reasons(image: Image.Image, max_side: int) -> list[str]:
+def _reencode_reasons(image: Image.Image, max_side: int) -> list[tuple[str, str]]:
+    """Why `image` must be re-encoded, as (kind, detail) pairs; empty when it can be kept."""
     reasons = []
     if image.format != "JPEG":
-        reasons.append(f"{image.format or 'unknown'} file")
+        kind = f"{image.format or 'unknown'} file"
+        reasons.append((kind, kind))
     elif image.mode != "RGB":
-        reasons.append(f"{MODE_NAMES.get(image.mode, image.mode)} JPEG")
+        kind = f"{MODE_NAMES.get(image.mode, image.mode)} JPEG"
+        reasons.append((kind, kind))
     elif image.info.get("progressive") or image.info.get("progression"):
-        reasons.append("progressive JPEG")
+        reasons.append(("progressive JPEG", "progressive JPEG"))
     if max(image.size) > max_side:
-        reasons.append(f"longer side {max(image.size)} > max_side {max_side}")
+        reasons.append(("downscaled", f"longer side {max(image.size)} > max_side {max_side}"))
     return reasons
 
 

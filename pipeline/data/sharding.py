@@ -34,6 +34,8 @@ from pipeline.paths import SPLITS, DataPaths, shard_name
 from pipeline.progress import progress
 from pipeline.stage_keys import stage_values
 
+EXAMPLES_PER_KIND = 3
+
 
 def build_shard(config: Config, split: str, index: int) -> dict[str, Any]:
     """Build one shard: decode/convert its rows, quarantine what cannot be read; its stats."""
@@ -51,22 +53,41 @@ def build_shard(config: Config, split: str, index: int) -> dict[str, Any]:
     part = manifest.take(arrow_array(rows, pa.int64())).to_pylist()
 
     quarantined: list[dict[str, str]] = []
+    # Counted by kind, a fixed text, so a shard's summary stays a few entries long whatever the
+    # sizes and decoder messages of its images; the first examples of each go to the log.
     actions: Counter[str] = Counter()
+    examples: dict[str, list[str]] = {}
     reader = layouts.SourceReader(data.root_path)
     name = shard_name(split, index, count)
+
+    def tally(kind: str, path: str, detail: str) -> None:
+        actions[kind] += 1
+        if detail and len(shown := examples.setdefault(kind, [])) < EXAMPLES_PER_KIND:
+            shown.append(f"{path}: {detail}")
+
+    def quarantine(kind: str, path: str, reason: str) -> None:
+        quarantined.append({"path": path, "reason": reason})
+        tally(f"quarantined: {kind}", path, reason)
 
     def usable_rows() -> Iterator[tuple[bytes, int, str]]:
         for row in progress(part, total=len(part), desc=f"shard {name}"):
             if row["problem"] is not None:
-                quarantined.append({"path": row["path"], "reason": row["problem"]})
+                quarantine("no usable label", row["path"], row["problem"])
                 continue
             try:
                 raw = reader.read(row["path"], row["offset"], row["bytes"])
-                prepared = prepare_image(raw, data.max_side, data.jpeg_quality)
-            except (OSError, BadImage) as err:
-                quarantined.append({"path": row["path"], "reason": str(err)})
+            except OSError as err:
+                quarantine("unreadable source file", row["path"], str(err))
                 continue
-            actions[prepared.action] += 1
+            try:
+                prepared = prepare_image(raw, data.max_side, data.jpeg_quality)
+            except BadImage as err:
+                quarantine(err.kind, row["path"], str(err))
+                continue
+            except OSError as err:  # Pillow fails late on a few broken files
+                quarantine("cannot convert", row["path"], str(err))
+                continue
+            tally(prepared.action, row["path"], prepared.detail)
             yield prepared.data, row["label"], row["path"]
 
     metadata = {"split": split, "shard": index, "num_shards": count}
@@ -88,6 +109,7 @@ def build_shard(config: Config, split: str, index: int) -> dict[str, Any]:
         "sha256": written.sha256,
         "label_histogram": written.label_histogram,
         "actions": dict(sorted(actions.items())),
+        "examples": examples,
         "quarantined": quarantined,
         "seconds": round(time.monotonic() - started, 3),
     }

@@ -17,7 +17,7 @@ from pipeline.paths import DataPaths
 
 BAD_FILES = {
     "truncated.JPEG": "JPEG does not decode",
-    "empty.JPEG": "empty file (0 bytes)",
+    "empty.JPEG": "empty file: 0 bytes",
     "notes.JPEG": "not an image",
 }
 
@@ -89,10 +89,32 @@ def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(data
             "re-encoded: CMYK JPEG": 1,
             "re-encoded: grayscale JPEG": 1,
             "re-encoded: PNG file": 1,
-            "re-encoded: longer side 600 > max_side 256": 1,
+            "re-encoded: downscaled": 1,
+            "quarantined: JPEG does not decode": 1,
+            "quarantined: empty file": 1,
+            "quarantined: not an image (no known image header)": 1,
         }
     )
     assert actions == dict(expected)
+    assert sum(actions.values()) == index["manifest_rows"]  # each row counted once
+
+
+def test_shard_log_counts_by_kind_and_shows_examples(dataset):
+    config, _, _ = dataset
+    paths = DataPaths.of(config)
+    stats = [
+        json.loads(paths.shard_stats("train", i, 3).read_text()) for i in range(3)
+    ]
+    big = next(s for s in stats if "re-encoded: downscaled" in s["actions"])
+    assert big["examples"]["re-encoded: downscaled"] == [
+        next(p for p in big["examples"]["re-encoded: downscaled"] if "big.JPEG" in p)
+    ]
+    assert big["examples"]["re-encoded: downscaled"][0].endswith(
+        "longer side 600 > max_side 256"
+    )
+    for s in stats:  # every kind is fixed text: no sizes, no decoder messages
+        assert all(not any(c.isdigit() for c in kind) for kind in s["actions"])
+        assert sum(s["actions"].values()) == s["manifest_rows"]
 
 
 def test_every_shard_mixes_classes(dataset):

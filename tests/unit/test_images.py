@@ -76,14 +76,15 @@ def test_large_image_is_downscaled_to_max_side_keeping_aspect():
     data = encode(colour_image(size=(1000, 400)))
     prepared = prepare_image(data, max_side=250, quality=90)
     assert (prepared.width, prepared.height) == (250, 100)
-    assert prepared.action == "re-encoded: longer side 1000 > max_side 250"
+    assert prepared.action == "re-encoded: downscaled"
+    assert prepared.detail == "longer side 1000 > max_side 250"
     assert decoded(prepared.data).shape == (3, 100, 250)
 
 
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (b"", r"empty file \(0 bytes\)"),
+        (b"", "empty file: 0 bytes"),
         (b"this is a text file, not a picture\n", "not an image"),
         (b"\xff\xd8\xff\xe0" + b"\x00" * 20, "image"),
     ],
