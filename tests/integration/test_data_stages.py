@@ -102,16 +102,12 @@ def test_counts_reconcile_and_every_bad_file_is_quarantined_with_its_reason(data
 def test_shard_log_counts_by_kind_and_shows_examples(dataset):
     config, _, _ = dataset
     paths = DataPaths.of(config)
-    stats = [
-        json.loads(paths.shard_stats("train", i, 3).read_text()) for i in range(3)
-    ]
+    stats = [json.loads(paths.shard_stats("train", i, 3).read_text()) for i in range(3)]
     big = next(s for s in stats if "re-encoded: downscaled" in s["actions"])
     assert big["examples"]["re-encoded: downscaled"] == [
         next(p for p in big["examples"]["re-encoded: downscaled"] if "big.JPEG" in p)
     ]
-    assert big["examples"]["re-encoded: downscaled"][0].endswith(
-        "longer side 600 > max_side 256"
-    )
+    assert big["examples"]["re-encoded: downscaled"][0].endswith("longer side 600 > max_side 256")
     for s in stats:  # every kind is fixed text: no sizes, no decoder messages
         assert all(not any(c.isdigit() for c in kind) for kind in s["actions"])
         assert sum(s["actions"].values()) == s["manifest_rows"]
