@@ -1,9 +1,11 @@
 """Checkpoints: one file per save, written atomically, loadable with weights_only=True.
 
 A checkpoint holds everything needed to continue as if never interrupted: the model, the
-optimizer state (the paper's Delta and m buffers), every rank's BatchNorm buffers, the position
-in the epoch (which fixes the sampler), the RNG states, the MLflow run id and the fingerprint of
-the config and data it was made with.
+optimizer state (the paper's Delta and m buffers), every rank's RNG states, the position in the
+epoch (which fixes the sampler), the MLflow run id and the fingerprint of the config and data it
+was made with. BatchNorm without moving averages saves the workers' mean statistics in the
+model (what validation uses; the next step overwrites every rank's own); with moving averages,
+which differ per rank, each rank's buffers are saved too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from pipeline import atomic
-from pipeline.train.distributed import DistEnv, bn_buffers, gather_objects
+from pipeline.train.distributed import DistEnv, average_bn_stats, bn_buffers, gather_to_main
 
 FORMAT_VERSION = 1
 NAME = re.compile(r"^ckpt-e(\d{4})-s(\d{7})\.pt$")
@@ -117,6 +119,15 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def rank_state(model: nn.Module, bn_moving_average: bool) -> dict[str, Any]:
+    """What one rank adds to a checkpoint: its RNG states, and its BN buffers when they are
+    moving averages (about 210 kB for ResNet-50, x 1,024 ranks)."""
+    mine: dict[str, Any] = {"rng": rng_state()}
+    if bn_moving_average:
+        mine["bn"] = [b.detach().cpu().clone() for b in bn_buffers(model)]
+    return mine
+
+
 def save_training(
     directory: Path,
     keep: int,
@@ -125,14 +136,20 @@ def save_training(
     progress: Progress,
     env: DistEnv,
     *,
+    bn_moving_average: bool,
+    bn_averaged: bool,
     run_id: str | None,
     fingerprint: str,
     config: dict[str, Any],
 ) -> Path | None:
-    """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes the
-    checkpoint and returns its path."""
-    mine = {"bn": [b.detach().cpu().clone() for b in bn_buffers(model)], "rng": rng_state()}
-    per_rank = gather_objects(mine)
+    """Collective: every rank contributes its RNG state (and moving-average BN buffers); rank 0
+    writes the checkpoint and returns its path. `bn_averaged`: the BN buffers hold the
+    workers' mean already (at an epoch's end, after validation)."""
+    if not bn_moving_average and not bn_averaged:
+        # Last-minibatch statistics: the next training step overwrites them on every rank, so
+        # resuming needs none of them; their mean is what validating this checkpoint uses.
+        average_bn_stats(model)
+    per_rank = gather_to_main(rank_state(model, bn_moving_average))
     if not env.is_main:
         return None
     state = {
@@ -153,15 +170,17 @@ def save_training(
 def restore_training(
     loaded: Loaded, model: nn.Module, optimizer: torch.optim.Optimizer, env: DistEnv
 ) -> tuple[Progress, str | None]:
-    """Optimizer, this rank's BN buffers and RNG state from `loaded` (the model's weights are
-    loaded before DDP wraps it); returns where training stands and the MLflow run id."""
+    """Optimizer, this rank's RNG state (and moving-average BN buffers) from `loaded` (the
+    model's weights are loaded before DDP wraps it); returns where training stands and the
+    MLflow run id."""
     state = loaded.state
     optimizer.load_state_dict(state["optimizer"])
     per_rank = state["per_rank"]
     if len(per_rank) == env.world_size:
         mine = per_rank[env.rank]
-        for buffer, saved in zip(bn_buffers(model), mine["bn"], strict=True):
-            buffer.copy_(saved)
+        if "bn" in mine:
+            for buffer, saved in zip(bn_buffers(model), mine["bn"], strict=True):
+                buffer.copy_(saved)
         set_rng_state(mine["rng"])
     elif env.is_main:
         print(

@@ -122,7 +122,7 @@ def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would 
 
 
 def wrap_ddp(
-    model: nn.Module, env: DistEnv, allreduce_dtype: str
+    model: nn.Module, env: DistEnv, allreduce_dtype: str, state: AllReduceState | None = None
 ) -> tuple[nn.Module, AllReduceState]:
     """DDP that leaves every rank's BatchNorm buffers alone during training.
 
@@ -134,7 +134,8 @@ def wrap_ddp(
 
     With a single process there is nothing to communicate: the model is returned unwrapped,
     without DDP's gradient bucketing and hook calls."""
-    state = AllReduceState(process_group=None, dtype=ALLREDUCE_DTYPES[allreduce_dtype])
+    if state is None:  # a re-wrap keeps its hook's state (and the noise probe on it)
+        state = AllReduceState(process_group=None, dtype=ALLREDUCE_DTYPES[allreduce_dtype])
     if env.world_size == 1:
         return model, state
     ddp = DistributedDataParallel(
@@ -183,9 +184,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def gather_objects(obj: object) -> list[object]:
+def gather_to_main(obj: object) -> list[object]:
+    """Every rank's `obj` on rank 0, in rank order; an empty list on the other ranks.
+
+    A gather, not an all-gather: at 1,024 ranks an all-gather would hand every rank all 1,024
+    objects, which only rank 0 uses."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return [obj]
-    out: list[object] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+    main = dist.get_rank() == 0
+    out: list[object] | None = [None] * dist.get_world_size() if main else None
+    dist.gather_object(obj, out, dst=0)
+    return out if out is not None else []

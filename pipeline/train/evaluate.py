@@ -50,9 +50,9 @@ def evaluate(
 
 def evaluate_checkpoint(config: Config, state: dict[str, Any]) -> dict[str, float]:
     """Single-crop top-1/top-5 of a loaded checkpoint (final.pt or a periodic one) on the val
-    shards, at `data.val_resize` / `data.image_size`, in this one process. A periodic checkpoint's
-    BatchNorm statistics are first averaged over the ranks that wrote it, as the trainer does
-    before it validates; final.pt holds that average already."""
+    shards, at `data.val_resize` / `data.image_size`, in this one process. Moving-average
+    BatchNorm buffers saved per rank are first averaged, as the trainer does before it
+    validates; otherwise the checkpoint's model holds that average already."""
     from pipeline.data.loader import ShardDataset, make_loader
     from pipeline.data.samplers import EvalBatchSampler
     from pipeline.data.transforms import Normalizer, ValTransform
@@ -65,7 +65,7 @@ def evaluate_checkpoint(config: Config, state: dict[str, Any]) -> dict[str, floa
     )
     model = build_model(config.model, val_set.num_classes)
     model.load_state_dict(state["model"])
-    per_rank = [r["bn"] for r in state.get("per_rank", [])]
+    per_rank = [r["bn"] for r in state.get("per_rank", []) if "bn" in r]
     if len(per_rank) > 1:
         with torch.no_grad():
             for i, buffer in enumerate(bn_buffers(model)):

@@ -35,6 +35,7 @@ from pipeline.train.distributed import (
     DistEnv,
     all_reduce_sum,
     average_bn_stats,
+    bn_buffers,
     wrap_ddp,
 )
 from pipeline.train.evaluate import evaluate
@@ -178,8 +179,9 @@ class Trainer:
                 f"iteration {p.iteration}"
             )
 
-    def save_checkpoint(self) -> None:
-        """Collective: every rank contributes its BN buffers and RNG state; rank 0 writes."""
+    def save_checkpoint(self, epoch_end: bool) -> None:
+        """Collective: every rank contributes its RNG state; rank 0 writes. At an epoch's end
+        the BN statistics are the workers' mean already (validation averaged them)."""
         saved = checkpoint.save_training(
             self.run.checkpoints,
             self.config.train.keep_checkpoints,
@@ -187,12 +189,32 @@ class Trainer:
             self.optimizer,
             self.progress,
             self.env,
+            bn_moving_average=self.config.model.bn_moving_average,
+            bn_averaged=epoch_end,
             run_id=self.run_id,
             fingerprint=self.fingerprint,
             config=self.config.model_dump(mode="json"),
         )
         if saved is not None:
             self.last_checkpoint = saved
+        if self.config.train.deterministic and self.env.world_size > 2:
+            self._new_reducer()
+
+    def _new_reducer(self) -> None:
+        """Go on with a new DDP wrapper, as a process resuming from this checkpoint does.
+
+        A new DDP reducer all-reduces its first step in one bucket and re-buckets after it; with
+        more than two ranks the bucket layout changes the order in which each gradient's terms
+        are summed, and so its last bits. Doing the same here keeps a deterministic run
+        bit-identical to one resumed from any of its checkpoints (two ranks need not:
+        a + b = b + a). The wrap broadcasts rank 0's buffers, so each rank keeps its own."""
+        mine = [b.clone() for b in bn_buffers(self.model)]
+        self.ddp = self.step.wrapped = None  # the old reducer goes before the new one comes
+        self.ddp, _ = wrap_ddp(self.model, self.env, self.config.train.allreduce_dtype, self.comm)
+        self.step.wrapped = self.ddp
+        with torch.no_grad():
+            for buffer, saved in zip(bn_buffers(self.model), mine, strict=True):
+                buffer.copy_(saved)
 
     # ---------------------------------------------------------------------------------------
     # Training
@@ -245,7 +267,7 @@ class Trainer:
             p.epoch_sums = [0.0, 0.0, 0.0]
             p.noise_sums = [0.0, 0.0, 0.0]
             p.epoch_train_s = p.epoch_wait_s = 0.0
-            self.save_checkpoint()
+            self.save_checkpoint(epoch_end=True)
             last_save = time.monotonic()
             # The signal may have reached some ranks during validation: agree before going on.
             stop = all_reduce_sum([float(self.stop.requested)], self.env.device)[0] > 0
@@ -321,7 +343,7 @@ class Trainer:
                 interval.zero_()
                 waits[0] = 0.0
                 if (save_now or stop_now) and p.step < steps:
-                    self.save_checkpoint()
+                    self.save_checkpoint(epoch_end=False)
                     last_save = time.monotonic()
                 if stop_now:
                     if p.step == steps:  # the epoch is complete: finish it first
