@@ -29,6 +29,7 @@ from pipeline.errors import PipelineError, first_line
 
 # One MLflow key space per step kind; system metrics per node: "system/node_3".
 SCOPE_PREFIX = {"epoch": "", "iteration": "iter/", "system": "system/"}
+MLFLOW_BATCH = 1000  # metrics per log_batch request: the MLflow REST API's limit
 
 
 def scope_prefix(scope: str) -> str:
@@ -251,8 +252,8 @@ def _sync(
         if (key, step) not in present:
             missing[(key, step)] = Metric(key, value, timestamp, step)  # last value wins
     batch = list(missing.values())
-    for i in range(0, len(batch), 1000):
-        client.log_batch(run_id, metrics=batch[i : i + 1000])
+    for i in range(0, len(batch), MLFLOW_BATCH):
+        client.log_batch(run_id, metrics=batch[i : i + MLFLOW_BATCH])
     datasets = [d for r in records if r.get("type") == "datasets" for d in r["datasets"]]
     if datasets and not client.get_run(run_id).inputs.dataset_inputs:
         client.log_inputs(run_id, datasets=dataset_inputs(datasets))
@@ -337,26 +338,38 @@ class Tracker:
 
     def log(self, scope: str, step: int, metrics: dict[str, float]) -> None:
         """Thread-safe: the training loop and the system-metrics sampler both log."""
+        self.log_many([(scope, step, metrics)])
+
+    def log_many(self, entries: list[tuple[str, int, dict[str, float]]]) -> None:
+        """Several (scope, step, metrics) records: the journal gets a line each, MLflow as few
+        requests as its batch limit allows (at 128 nodes, every node's system sample of an
+        epoch would otherwise be a request of its own)."""
         with self._lock:
-            if (scope, step) in self.logged:
-                return
-            self.logged.add((scope, step))
+            fresh = [e for e in entries if (e[0], e[1]) not in self.logged]
+            self.logged.update((scope, step) for scope, step, _ in fresh)
             now = _now_ms()
-            record = {
-                "type": "metrics",
-                "scope": scope,
-                "step": step,
-                "time_ms": now,
-                "metrics": metrics,
-            }
-            self.journal.append(record, sync=scope == "epoch")
+            for scope, step, metrics in fresh:
+                record = {
+                    "type": "metrics",
+                    "scope": scope,
+                    "step": step,
+                    "time_ms": now,
+                    "metrics": metrics,
+                }
+                self.journal.append(record, sync=scope == "epoch")
+        if not fresh:
+            return
 
         def send() -> None:
             from mlflow.entities import Metric
 
-            prefix = scope_prefix(scope)
-            batch = [Metric(prefix + k, float(v), now, step) for k, v in metrics.items()]
-            self._client().log_batch(self.run_id, metrics=batch)
+            batch = [
+                Metric(scope_prefix(scope) + k, float(v), now, step)
+                for scope, step, metrics in fresh
+                for k, v in metrics.items()
+            ]
+            for start in range(0, len(batch), MLFLOW_BATCH):
+                self._client().log_batch(self.run_id, metrics=batch[start : start + MLFLOW_BATCH])
 
         self._queue.put(send)
 
@@ -366,13 +379,19 @@ class Tracker:
     def log_system(self, scope: str, sample: dict[str, float]) -> None:
         """One system-metrics sample of a node, at the next step of its scope (a resumed run
         goes on counting where the journal left off)."""
+        self.log_system_samples([(scope, sample)])
+
+    def log_system_samples(self, samples: list[tuple[str, dict[str, float]]]) -> None:
+        """Several nodes' samples (scope, sample), as `log_system` each, in one `log_many`."""
+        entries = []
         with self._lock:
-            if scope not in self._next_step:  # once per scope, not a scan of every sample
-                done = [step for kind, step in self.logged if kind == scope]
-                self._next_step[scope] = max(done, default=-1) + 1
-            step = self._next_step[scope]
-            self._next_step[scope] += 1
-        self.log(scope, step, sample)
+            for scope, sample in samples:
+                if scope not in self._next_step:  # once per scope, not a scan of every sample
+                    done = [step for kind, step in self.logged if kind == scope]
+                    self._next_step[scope] = max(done, default=-1) + 1
+                entries.append((scope, self._next_step[scope], sample))
+                self._next_step[scope] += 1
+        self.log_many(entries)
 
     def log_datasets(self, datasets: list[dict[str, Any]]) -> None:
         """The data the run trains and validates on, once per run (a resumed job skips it)."""

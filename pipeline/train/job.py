@@ -130,7 +130,7 @@ class TrainJob(submitit.helpers.Checkpointable):
         """Start the first process of each node sampling its system metrics. Rank 0 logs its
         node's itself; on a multi-node run the others keep theirs for rank 0, which collects
         them at the end of each epoch (a collective: every rank takes part)."""
-        from pipeline.train.distributed import gather_objects
+        from pipeline.train.distributed import gather_to_main
         from pipeline.train.system_metrics import SampleBuffer, SystemSampler
 
         interval, nodes = config.tracking.system_metrics_s, config.launcher.nodes
@@ -149,9 +149,15 @@ class TrainJob(submitit.helpers.Checkpointable):
         if nodes > 1:
 
             def collect() -> None:
-                for other, samples in gather_objects((node, buffer.drain())):
-                    for sample in samples if tracker is not None else []:
-                        tracker.log_system(f"system/node_{other}", sample)
+                gathered = gather_to_main((node, buffer.drain()))
+                if tracker is not None:
+                    tracker.log_system_samples(
+                        [
+                            (f"system/node_{n}", sample)
+                            for n, samples in gathered
+                            for sample in samples
+                        ]
+                    )
 
             trainer.at_epoch_end = collect
         return sampler
