@@ -1,6 +1,7 @@
 # make run   - build .venv if absent, then run the whole pipeline on the embedded demo
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
+# make bench-scale - ImageNet-sized inputs and 1,024 workers, simulated (docs/scaling.md)
 # make lint  - ruff, snakemake --lint, snakefmt, and the config schema check
 # make reproduce - the batch-size sweep of docs/reproduction.md (about 40 min on 2 cores)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
@@ -10,7 +11,7 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench lint ui reproduce venv clean
+.PHONY: run test bench bench-scale lint ui reproduce venv clean
 
 venv: $(STAMP)
 
@@ -42,6 +43,10 @@ bench: $(STAMP)
 	python benchmarks/allreduce.py
 	python benchmarks/host_memory.py
 	python -m pipeline plan --check-paper --json results/bench/plan.json
+
+# About 25 min on 2 cores and 6 GB of scratch space (SCALE_WORK=... to put it elsewhere).
+bench-scale: $(STAMP)
+	python benchmarks/scale.py $(if $(SCALE_WORK),--work $(SCALE_WORK))
 
 lint: $(STAMP)
 	ruff check .
