@@ -44,7 +44,7 @@ bench: $(STAMP)
 	python benchmarks/host_memory.py
 	python -m pipeline plan --check-paper --json results/bench/plan.json
 
-# About 25 min on 2 cores and 6 GB of scratch space (SCALE_WORK=... to put it elsewhere).
+# About 7 min on 2 cores; scratch files in the temporary folder (SCALE_WORK=... elsewhere).
 bench-scale: $(STAMP)
 	python benchmarks/scale.py $(if $(SCALE_WORK),--work $(SCALE_WORK))
 
