@@ -1,20 +1,14 @@
 """The real trainer in eight gloo processes: the DDP step, BN averaging over the workers and
 exact resume beyond two ranks, where a rank-order or gather bug would first show."""
 
-import os
-
 import pytest
 import torch
-import torch.multiprocessing as mp
-import yaml
 
-from conftest import build_shards, free_port, write_config
-from pipeline.config_files import load_config
-from pipeline.launch import run_fingerprint
+from conftest import build_shards, write_config
 from pipeline.paths import RunPaths
 from pipeline.train.checkpoint import list_checkpoints
-from pipeline.train.job import TrainJob
 from synthetic import write_image_tree
+from training_runs import experiment, final_state, run_in_process, run_processes
 
 WORLD = 8
 
@@ -52,46 +46,6 @@ def data_config(tmp_path_factory):
     return path
 
 
-def experiment(data_config, name, **changes):
-    config = yaml.safe_load(data_config.read_text())
-    config["experiment"] = name
-    for section, values in changes.items():
-        config.setdefault(section, {}).update(values)
-    path = data_config.with_name(f"{name}.yaml")
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
-
-
-def _rank_entry(rank, config_dict, fingerprint, port):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    TrainJob(config_dict, fingerprint, {})()
-
-
-def run_eight(config):
-    mp.start_processes(
-        _rank_entry,
-        args=(config.model_dump(mode="json"), run_fingerprint(config), free_port()),
-        nprocs=WORLD,
-        start_method="spawn",
-    )
-
-
-def run_one(config):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(key, None)
-    TrainJob(config.model_dump(mode="json"), run_fingerprint(config), {})()
-
-
-def final_model(config):
-    return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
-
-
 @pytest.fixture(scope="module")
 def eight(data_config):
     """Eight processes, one epoch of three steps, a checkpoint after every step (all kept)."""
@@ -101,7 +55,7 @@ def eight(data_config):
         launcher={"tasks_per_node": WORLD},
         train={"checkpoint_every_min": 1e-9, "keep_checkpoints": 100},
     )
-    run_eight(config)
+    run_processes(config, WORLD)
     return config
 
 
@@ -110,8 +64,8 @@ def test_eight_processes_train_as_one_process_accumulating_eight(data_config, ei
     over the 8 micro-batches: by 8 ranks (all-reduce) or by one process (accumulation)."""
     one = experiment(data_config, "one-acc8", train={"accumulate": WORLD})
     assert one.global_batch == eight.global_batch == 32
-    run_one(one)
-    a, b = final_model(one), final_model(eight)
+    run_in_process(one)
+    a, b = final_state(one), final_state(eight)
     for name in a:
         if a[name].is_floating_point():
             torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
@@ -131,13 +85,13 @@ def test_eight_processes_resumed_mid_epoch_end_bit_identical(eight):
     """Resume from the checkpoint after the first of three steps: every rank takes its own RNG
     state back, and the end is exactly that of the uninterrupted run."""
     run = RunPaths.of(eight)
-    uninterrupted = final_model(eight)
+    uninterrupted = final_state(eight)
     for path in list_checkpoints(run.checkpoints):
         if path.name > "ckpt-e0000-s0000001.pt":
             path.unlink()
     run.final.unlink()
-    run_eight(eight)
-    resumed = final_model(eight)
+    run_processes(eight, WORLD)
+    resumed = final_state(eight)
     assert resumed.keys() == uninterrupted.keys()
     for name in uninterrupted:
         assert torch.equal(resumed[name], uninterrupted[name]), name

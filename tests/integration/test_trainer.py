@@ -7,20 +7,24 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
-import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import build_shards, free_port, write_config
-from pipeline.config_files import load_config
+from conftest import build_shards, write_config
 from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
 from pipeline.train.distributed import init_distributed, shutdown_distributed
-from pipeline.train.job import TrainJob
 from pipeline.train.loop import NonFiniteLoss, Preempted, StopFlag, Trainer
 from pipeline.train.model import build_model
 from synthetic import write_image_tree
+from training_runs import (
+    RANK_VARIABLES,
+    epoch_metrics,
+    experiment,
+    final_state,
+    run_in_process,
+    run_processes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,58 +50,13 @@ def data_config(tmp_path_factory):
     return path
 
 
-def experiment(data_config, name, **changes):
-    config = yaml.safe_load(data_config.read_text())
-    config["experiment"] = name
-    for section, values in changes.items():
-        config.setdefault(section, {}).update(values)
-    path = data_config.with_name(f"{name}.yaml")
-    path.write_text(yaml.safe_dump(config))
-    return load_config(path)
-
-
-def run_in_process(config):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        os.environ.pop(key, None)
-    return TrainJob(config.model_dump(mode="json"), run_fingerprint(config), {})()
-
-
-def _rank_entry(rank, config_dict, fingerprint, port):
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank % config_dict["launcher"]["tasks_per_node"]),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    TrainJob(config_dict, fingerprint, {})()
-
-
-def run_two_processes(config):
-    mp.start_processes(
-        _rank_entry,
-        args=(config.model_dump(mode="json"), run_fingerprint(config), free_port()),
-        nprocs=2,
-        start_method="spawn",
-    )
-
-
-def epoch_metrics(config):
-    records = Journal(RunPaths.of(config).journal).read()
-    return [r["metrics"] for r in records if r.get("type") == "metrics" and r["scope"] == "epoch"]
-
-
-def final_state(config):
-    return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
-
-
 @pytest.mark.slow
 def test_accumulate_2_on_1_process_equals_2_processes(data_config):
     one = experiment(data_config, "acc2", train={"accumulate": 2})
     two = experiment(data_config, "world2", launcher={"tasks_per_node": 2})
     assert one.global_batch == two.global_batch == 16
     summary = run_in_process(one)
-    run_two_processes(two)
+    run_processes(two, 2)
     assert summary["iterations"] == 3
     a, b = final_state(one), final_state(two)
     for name in a:
@@ -235,7 +194,7 @@ def test_a_lars_run_stopped_mid_epoch_resumes_bit_identical(data_config):
     whole = experiment(data_config, "lars-whole", **recipe)
     run_in_process(whole)
     stopped = experiment(data_config, "lars-stopped", **recipe)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in RANK_VARIABLES:
         os.environ.pop(key, None)
     env = init_distributed(use_gpu=False)
     try:
@@ -261,7 +220,7 @@ def test_system_metrics_of_every_node_reach_the_journal(data_config):
         tracking={"system_metrics_s": 0.2},
         train={"epochs": 2},
     )
-    run_two_processes(config)
+    run_processes(config, 2)
     records = Journal(RunPaths.of(config).journal).read()
     system = [r for r in records if r.get("scope", "").startswith("system")]
     by_node = {r["scope"] for r in system}

@@ -1,0 +1,69 @@
+"""Running the real trainer from a test: variants of a module's config, in this process or in
+several spawned gloo processes, and what a run leaves behind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from conftest import free_port
+from pipeline.config import Config
+from pipeline.config_files import load_config
+from pipeline.launch import run_fingerprint
+from pipeline.paths import RunPaths
+from pipeline.tracking import Journal
+from pipeline.train.job import TrainJob
+
+RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def experiment(data_config: Path, name: str, **changes: dict[str, Any]) -> Config:
+    """`data_config` with experiment `name` and each section updated by `changes`."""
+    config = yaml.safe_load(data_config.read_text())
+    config["experiment"] = name
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    path = data_config.with_name(f"{name}.yaml")
+    path.write_text(yaml.safe_dump(config))
+    return load_config(path)
+
+
+def run_in_process(config: Config) -> dict[str, Any]:
+    for key in RANK_VARIABLES:
+        os.environ.pop(key, None)
+    return TrainJob(config.model_dump(mode="json"), run_fingerprint(config), {})()
+
+
+def _rank_entry(rank: int, world: int, config_dict: dict, fingerprint: str, port: int) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank % config_dict["launcher"]["tasks_per_node"]),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    TrainJob(config_dict, fingerprint, {})()
+
+
+def run_processes(config: Config, world: int) -> None:
+    """The training job in `world` spawned processes, as torchrun would start it."""
+    mp.start_processes(
+        _rank_entry,
+        args=(world, config.model_dump(mode="json"), run_fingerprint(config), free_port()),
+        nprocs=world,
+        start_method="spawn",
+    )
+
+
+def epoch_metrics(config: Config) -> list[dict[str, float]]:
+    records = Journal(RunPaths.of(config).journal).read()
+    return [r["metrics"] for r in records if r.get("type") == "metrics" and r["scope"] == "epoch"]
+
+
+def final_state(config: Config) -> dict[str, torch.Tensor]:
+    return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
