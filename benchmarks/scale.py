@@ -29,6 +29,8 @@ import io
 import json
 import math
 import os
+import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -348,10 +350,12 @@ def bench_snakemake(work: Path, shard_counts: list[int]) -> list[Row]:
             [*base, "--until", "index", "--quiet", "all"], env=env, check=True, cwd=PROJECT,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        dry_s, dry_mb = run_measured(
-            [*base, "-n", "--quiet", "rules"], env=env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        with open(folder / "dry-run.log", "w") as log:
+            dry_s, dry_mb = run_measured(
+                [*base, "-n", "--quiet", "rules"], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+        # the job count Snakemake planned: the "total" line of its job stats
+        totals = re.findall(r"^total\s+(\d+)", (folder / "dry-run.log").read_text(), re.M)
         # The first job has started when its shell command has created its log file.
         logs = folder / "results" / "logs" / "shard"
         started = time.perf_counter()
@@ -369,7 +373,7 @@ def bench_snakemake(work: Path, shard_counts: list[int]) -> list[Row]:
         process.wait()
         point = {
             "train_shards": count,
-            "jobs": count + max(1, count // 64) + 2,
+            "jobs": int(totals[-1]) if totals else None,
             "dry_run_s": round(dry_s, 2),
             "dry_run_peak_mb": round(dry_mb, 1),
             "first_job_s": round(first_job_s, 2) if first_job_s else None,
@@ -506,7 +510,7 @@ def bench_checkpoint(work: Path, worlds: list[int], arch: str) -> list[Row]:
     for world in worlds:
         for variant, with_bn in (("rng only", False), ("rng + BN buffers", True)):
             part = checkpoint.rank_state(model, bn_moving_average=with_bn)
-            part_bytes = len(pickle_size(part))
+            part_bytes = len(pickle.dumps(part))  # what the object collectives send
             state = {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
@@ -600,17 +604,10 @@ def bench_tracking(work: Path, node_counts: list[int], epochs: int) -> list[Row]
     return points
 
 
-def pickle_size(obj: object) -> bytes:
-    """The bytes `torch.distributed`'s object collectives send for `obj` (a pickle)."""
-    import pickle
-
-    return pickle.dumps(obj)
-
-
 # --------------------------------------------------------------------------------------------
 
 
-def summary_rows(results: dict[str, Any], worlds: list[int]) -> list[Row]:
+def summary_rows(results: dict[str, Any]) -> list[Row]:
     rows = []
     for layout in ("devkit", "tar"):
         points = [p for p in results["index"] if p["layout"] == layout]
@@ -726,7 +723,7 @@ def main() -> None:
             started = time.perf_counter()
             results[name] = sections[name]()
             print(f"   ({time.perf_counter() - started:.0f} s)", flush=True)
-        rows = summary_rows(results, worlds)
+        rows = summary_rows(results)
         print_table(rows)
         write_benchmark_report(args.out, "scale", args, summary=rows, **results)
     finally:

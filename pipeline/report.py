@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -150,11 +151,8 @@ def _plot_noise_scale(axis: Any, rows: list[dict[str, float]], global_batch: int
 def _median_noise_scale(rows: list[dict[str, float]]) -> float | None:
     """The median over the epochs that measured it: one epoch's estimate swings widely when
     the gradient is small (late in training, a decayed learning rate), the median does not."""
-    values = sorted(r["noise_scale"] for r in rows if r.get("noise_scale"))
-    if not values:
-        return None
-    middle = len(values) // 2
-    return values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2
+    values = [r["noise_scale"] for r in rows if r.get("noise_scale")]
+    return statistics.median(values) if values else None
 
 
 def _duration(seconds: float) -> str:

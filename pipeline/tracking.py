@@ -62,8 +62,12 @@ class Journal:
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def append(self, record: dict[str, Any], sync: bool = False) -> None:
+        self.append_many([record], sync)
+
+    def append_many(self, records: list[dict[str, Any]], sync: bool = False) -> None:
+        """Several records in one write (a line each)."""
         with open(self.path, "a") as handle:
-            handle.write(json.dumps(record, sort_keys=True) + "\n")
+            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
             handle.flush()
             if sync:
                 os.fsync(handle.fileno())
@@ -348,15 +352,12 @@ class Tracker:
             fresh = [e for e in entries if (e[0], e[1]) not in self.logged]
             self.logged.update((scope, step) for scope, step, _ in fresh)
             now = _now_ms()
-            for scope, step, metrics in fresh:
-                record = {
-                    "type": "metrics",
-                    "scope": scope,
-                    "step": step,
-                    "time_ms": now,
-                    "metrics": metrics,
-                }
-                self.journal.append(record, sync=scope == "epoch")
+            records = [
+                {"type": "metrics", "scope": scope, "step": step, "time_ms": now, "metrics": m}
+                for scope, step, m in fresh
+            ]
+            if records:
+                self.journal.append_many(records, sync=any(s == "epoch" for s, _, _ in fresh))
         if not fresh:
             return
 
