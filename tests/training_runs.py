@@ -67,3 +67,28 @@ def epoch_metrics(config: Config) -> list[dict[str, float]]:
 
 def final_state(config: Config) -> dict[str, torch.Tensor]:
     return torch.load(RunPaths.of(config).final, weights_only=True)["model"]
+
+
+def assert_same_updates(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], base: dict[str, torch.Tensor]
+) -> None:
+    """Two runs from `base` made the same updates, up to the order of their sums.
+
+    Weights: the distance between the runs, relative to the length of the update, over the
+    whole model, at most 1e-3 (float32 sums in another order give about 1e-4; a wrong average
+    or wrong BN statistics give 1e-2 and more). Not tensor by tensor: a gradient that is a sum
+    of nearly cancelling terms, as a BN bias has behind per-micro-batch BN, differs by a
+    percent on its own between summation orders, on one CPU and not on another. BN running
+    statistics, means of means, elementwise."""
+    assert a.keys() == b.keys() == base.keys()
+    weights = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    flat = {
+        name: torch.cat([s[k].flatten().double() for k in weights])
+        for name, s in (("a", a), ("b", b), ("base", base))
+    }
+    apart = (flat["a"] - flat["b"]).norm() / (flat["a"] - flat["base"]).norm()
+    assert apart <= 1e-3, f"the runs' weights differ by {apart:.2e} of the update"
+    statistics = [k for k in a if "running_" in k]
+    assert statistics
+    for name in statistics:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
