@@ -1,9 +1,10 @@
-"""Process group, DDP with the paper's fp16 all-reduce, and BatchNorm statistics averaging."""
+"""Process group, DDP with the paper's fp16 all-reduce, BatchNorm statistics averaging, and the
+collectives that bring rank 0's objects (a checkpoint, their shares of it) to the other ranks."""
 
 from __future__ import annotations
 
 import datetime
-import os
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from pipeline.ports import free_port
+from pipeline.train.rendezvous import Rendezvous, discover, select_device
 
 ALLREDUCE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -30,51 +31,40 @@ class DistEnv:
         return self.rank == 0
 
 
-def init_distributed(use_gpu: bool, timeout_min: float = 30.0) -> DistEnv:
-    """Join (or create) the process group, wherever the process was started from:
-
-    * torchrun, or anything else that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT;
-    * a submitit job (Slurm or local executor): submitit knows the tasks and the first host;
-    * a plain single process: a one-member group on a free local port, so that the same
-      code path (DDP, communication hook) runs everywhere.
-
-    gloo on CPU, nccl on GPU."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
-            import submitit
-
-            # overwrite: a local job's MASTER_PORT was set at submission (launch.py); submitit
-            # reads it, and would otherwise refuse to export over it
-            submitit.helpers.TorchDistributedEnvironment().export(
-                set_cuda_visible_devices=False, overwrite=True
-            )
-        else:
-            os.environ.update(
-                RANK="0",
-                WORLD_SIZE="1",
-                LOCAL_RANK="0",
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(free_port()),
-            )
-    rank = int(os.environ["RANK"])
-    world_size = int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = use_gpu and torch.cuda.is_available()
+def init_distributed(
+    gpus_per_node: int, master_port: int | None = None, timeout_min: float = 30.0
+) -> tuple[DistEnv, Rendezvous]:
+    """Join (or create) the process group of this job (`rendezvous.discover` says how): gloo on
+    CPU, NCCL on this local rank's GPU. The GPU is made current before any collective: NCCL
+    and the object collectives (gather_object, broadcast_object_list) use the current device."""
+    place = discover(master_port)
+    place.export()
+    device = select_device(gpus_per_node, place.local_rank)
+    cuda = device.type == "cuda"
     if cuda:
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
-    else:
-        device = torch.device("cpu")
+        torch.cuda.set_device(device)
     backend = "nccl" if cuda else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
             init_method="env://",
-            rank=rank,
-            world_size=world_size,
+            rank=place.rank,
+            world_size=place.world_size,
             timeout=datetime.timedelta(minutes=timeout_min),
+            device_id=device if cuda else None,  # NCCL: bind the communicator to this GPU now
         )
-    return DistEnv(rank, world_size, local_rank, device, backend)
+    return DistEnv(place.rank, place.world_size, place.local_rank, device, backend), place
+
+
+# How gloo says a peer is gone (it raises plain RuntimeErrors; NCCL raises DistBackendError).
+_GLOO_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def peer_lost(err: BaseException) -> bool:
+    """Whether `err` is a collective failing because another rank of the job is gone."""
+    if isinstance(err, dist.DistError):
+        return True
+    return isinstance(err, RuntimeError) and any(text in str(err) for text in _GLOO_PEER_GONE)
 
 
 def shutdown_distributed() -> None:
@@ -96,18 +86,17 @@ class AllReduceState:
 def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would fail its check
     """Average a gradient bucket (a dist.GradBucket) over all workers in `state.dtype`.
 
-    The bucket is divided by the world size *before* the sum: summing fp16 gradients of 1,024
-    workers first and dividing afterwards overflows (ChainerMN's problem in the paper), while
-    the pre-divided values stay in range. fp32 gradients are restored afterwards."""
+    The fp32 bucket is divided by the world size *before* it is cast and summed: a gradient
+    element above fp16's largest value (65,504) would be inf after a cast that came first, and
+    summing 1,024 fp16 gradients before dividing overflows (ChainerMN's problem in the paper),
+    while the pre-divided values stay in range. fp32 gradients are restored afterwards."""
     group = state.process_group or dist.group.WORLD
     world_size = dist.get_world_size(group)
     buffer = bucket.buffer()
     if state.probe is not None and state.probe.measuring:
         state.probe.add_bucket(bucket.parameters(), bucket.gradients())
-    if state.dtype == buffer.dtype:
-        reduced = buffer.div_(world_size)
-    else:
-        reduced = buffer.to(state.dtype).div_(world_size)
+    buffer.div_(world_size)  # in fp32, on the bucket itself: the result overwrites it anyway
+    reduced = buffer if state.dtype == buffer.dtype else buffer.to(state.dtype)
     state.bytes_reduced += reduced.numel() * reduced.element_size()
     state.calls += 1
     future = dist.all_reduce(reduced, group=group, async_op=True).get_future()
@@ -195,3 +184,74 @@ def gather_to_main(obj: object) -> list[object]:
     out: list[object] | None = [None] * dist.get_world_size() if main else None
     dist.gather_object(obj, out, dst=0)
     return out if out is not None else []
+
+
+@dataclass(frozen=True)
+class _TensorSlot:
+    """Where a tensor of a broadcast object lies: in its dtype's flat buffer, from `offset`."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int
+
+
+def broadcast_from_main(obj: Any, device: torch.device) -> Any:
+    """Rank 0's `obj` (dicts, lists and tuples of tensors and plain values) on every rank, its
+    tensors on the CPU, as torch.load(map_location="cpu") gives them.
+
+    The structure travels as one small pickled object, the tensors as one flat buffer per dtype
+    on `device`: a NCCL collective takes only the process's GPU tensors, and pickling a
+    checkpoint's hundreds of MB would copy them twice more."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    main = dist.get_rank() == 0
+    tensors: list[torch.Tensor] = []
+    sizes: dict[torch.dtype, int] = {}
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            slot = _TensorSlot(value.dtype, tuple(value.shape), sizes.get(value.dtype, 0))
+            sizes[value.dtype] = slot.offset + value.numel()
+            tensors.append(value)
+            return slot
+        if isinstance(value, dict):
+            return {key: strip(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(strip(item) for item in value)
+        return value
+
+    box = [(strip(obj), sizes) if main else None]
+    dist.broadcast_object_list(box, src=0, device=device)
+    skeleton, sizes = box[0]
+    flats: dict[torch.dtype, torch.Tensor] = {}
+    for dtype, numel in sorted(sizes.items(), key=lambda item: str(item[0])):
+        if main:
+            flat = torch.cat([t.reshape(-1) for t in tensors if t.dtype == dtype]).to(device)
+        else:
+            flat = torch.empty(numel, dtype=dtype, device=device)
+        dist.broadcast(flat, src=0)
+        flats[dtype] = flat.cpu()
+    if main:
+        return obj
+
+    def rebuild(value: Any) -> Any:
+        if isinstance(value, _TensorSlot):
+            numel = math.prod(value.shape)
+            part = flats[value.dtype][value.offset : value.offset + numel]
+            return part.view(value.shape).clone()  # its own storage, as a loaded tensor has
+        if isinstance(value, dict):
+            return {key: rebuild(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(rebuild(item) for item in value)
+        return value
+
+    return rebuild(skeleton)
+
+
+def scatter_from_main(parts: list[Any] | None) -> Any:
+    """`parts[r]` of rank 0 on rank r: each rank receives its own part, not all of them."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return parts[0] if parts else None
+    mine: list[Any] = [None]
+    dist.scatter_object_list(mine, parts if dist.get_rank() == 0 else None, src=0)
+    return mine[0]

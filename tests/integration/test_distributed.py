@@ -139,3 +139,23 @@ def test_dividing_before_the_sum_avoids_fp16_overflow(tmp_path):
     result = run_ranks(_large_gradients, tmp_path)[0]
     assert torch.all(result["ours"] == 40000)
     assert torch.all(torch.isinf(result["naive"]))
+
+
+def _beyond_fp16(rank):
+    """Gradients above fp16's largest value (65,504) on one rank, whose mean is within it."""
+    model = nn.Linear(1, 4, bias=False)
+    ddp = DistributedDataParallel(model)
+    ddp.register_comm_hook(AllReduceState(None, torch.float16), allreduce_hook)
+    x = torch.full((1, 1), [90000.0, 30000.0][rank])
+    ddp(x).sum().backward()  # the gradient of weight i is x: 90,000 on rank 0, 30,000 on rank 1
+    return model.weight.grad.flatten()
+
+
+def test_gradients_beyond_fp16_before_the_division_come_back_finite_and_exact(tmp_path):
+    """Cast after dividing: 90,000 / 2 fits fp16, 90,000 itself does not."""
+    grads = run_ranks(_beyond_fp16, tmp_path)
+    expected = torch.full((4,), 60000.0)  # (90,000 + 30,000) / 2
+    spacing = 32.0  # between fp16 values from 32,768 to 65,504
+    for grad in grads:
+        assert torch.isfinite(grad).all(), grad
+        assert (grad - expected).abs().max() <= spacing, grad
