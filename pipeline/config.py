@@ -208,12 +208,20 @@ class LauncherConfig(_Strict):
         "local", description="submitit executor: local processes, Slurm, or in-process debug."
     )
     nodes: int = Field(1, ge=1, description="Nodes of the training job.")
-    tasks_per_node: int = Field(1, ge=1, description="Processes per node (= GPUs per node).")
+    tasks_per_node: int = Field(
+        1,
+        ge=1,
+        description="Processes per node; with GPUs, one per GPU: defaults to gpus_per_node, and "
+        "another value is refused.",
+    )
     gpus_per_node: int = Field(
         0, ge=0, description="GPUs per node (0: train on CPUs with gloo); Slurm's --gpus-per-node."
     )
     cpus_per_task: int = Field(
-        2, ge=1, description="CPU cores per process (threads, data-loading workers)."
+        5,
+        ge=1,
+        description="CPU cores per process: its threads, and one per data-loading worker "
+        "(`train` warns when data.loader_workers + 1 exceeds it).",
     )
     timeout_min: int = Field(60, ge=1, description="Job time limit; requeued when reached.")
     partition: str | None = Field(None, description="Slurm partition of the training job.")
@@ -227,6 +235,35 @@ class LauncherConfig(_Strict):
         default_factory=dict, description="Extra sbatch options, e.g. {qos: high}."
     )
     poll_s: float = Field(5.0, gt=0, description="How often `train` checks the job's state.")
+    master_port: int | None = Field(
+        None,
+        ge=1024,
+        le=65535,
+        description="Rendezvous port of the training job. Default: on Slurm derived from the "
+        "job id and restart count (20000-31999, below Linux's ephemeral ports); for local "
+        "processes a port found free at submission. An inherited MASTER_PORT is ignored.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_task_per_gpu(cls, data: Any) -> Any:
+        """Without tasks_per_node, a GPU job runs one process per GPU: the default of 1 would
+        leave all GPUs but one of each node idle."""
+        if isinstance(data, dict) and "tasks_per_node" not in data:
+            gpus = data.get("gpus_per_node")
+            if isinstance(gpus, int) and gpus > 0:
+                return {**data, "tasks_per_node": gpus}
+        return data
+
+    @model_validator(mode="after")
+    def _tasks_match_gpus(self) -> LauncherConfig:
+        if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ValueError(
+                f"launcher.tasks_per_node = {self.tasks_per_node} with launcher.gpus_per_node = "
+                f"{self.gpus_per_node}: training runs one process per GPU. Set tasks_per_node: "
+                f"{self.gpus_per_node}, or leave it out (it follows gpus_per_node)."
+            )
+        return self
 
     @property
     def world_size(self) -> int:

@@ -32,6 +32,7 @@ from pipeline.ports import free_port
 from pipeline.stage_keys import stage_fingerprint
 from pipeline.train import checkpoint
 from pipeline.train.job import TrainJob
+from pipeline.train.rendezvous import LOCAL_PORT_VARIABLE
 
 ALIVE_SLURM_STATES = {
     "PENDING",
@@ -106,6 +107,9 @@ def make_executor(config: Config, folder: Path) -> submitit.Executor:
         "time": launcher.timeout_min,
         "signal_delay_s": launcher.signal_delay_s,
         "additional_parameters": dict(launcher.slurm_additional),
+        # A task that dies ends the step: its peers would otherwise wait in their next
+        # collective (NCCL: until its timeout, with every GPU of the job held).
+        "srun_args": ["--kill-on-bad-exit=1"],
     }
     if launcher.gpus_per_node:
         params["gpus_per_node"] = launcher.gpus_per_node
@@ -235,22 +239,22 @@ def _end_mlflow_run(config: Config, job: submitit.Job, state: str, crashed: bool
 
 @contextlib.contextmanager
 def _local_master_port(config: Config) -> Iterator[None]:
-    """For a local job, MASTER_PORT = a port that is free now, in this process's environment
-    while submitit starts the job (its tasks inherit it). Otherwise submitit draws one from
-    20000-60000 without checking it, and that range overlaps the ephemeral ports that outgoing
-    connections get. Not for Slurm: the job would inherit a port checked on the wrong host."""
+    """For a local job, a port that is free on this host now (or launcher.master_port), in this
+    process's environment while submitit starts the job: its tasks inherit it. A Slurm job's
+    tasks derive theirs from the job id (`rendezvous.job_port`): a port checked here would
+    be checked on the wrong host."""
     if config.launcher.cluster != "local":
         yield
         return
-    before = os.environ.get("MASTER_PORT")
-    os.environ["MASTER_PORT"] = str(free_port())
+    before = os.environ.get(LOCAL_PORT_VARIABLE)
+    os.environ[LOCAL_PORT_VARIABLE] = str(config.launcher.master_port or free_port())
     try:
         yield
     finally:
         if before is None:
-            del os.environ["MASTER_PORT"]
+            del os.environ[LOCAL_PORT_VARIABLE]
         else:
-            os.environ["MASTER_PORT"] = before
+            os.environ[LOCAL_PORT_VARIABLE] = before
 
 
 def _reattach(run: RunPaths, config: Config, fingerprint: str) -> submitit.Job | None:
@@ -298,8 +302,25 @@ def _group_tags(config: Config) -> dict[str, str]:
         return {}
 
 
+def warn_oversubscribed(config: Config) -> str | None:
+    """A warning when each task's loader workers and training process outnumber its cores:
+    they then take turns on the cores, and training waits for data."""
+    workers, cpus = config.data.loader_workers, config.launcher.cpus_per_task
+    if workers + 1 <= cpus:
+        return None
+    return (
+        f"data.loader_workers = {workers} and the training process make {workers + 1} busy "
+        f"processes per task on launcher.cpus_per_task = {cpus} cores: they will take turns and "
+        f"training will wait for data. Set cpus_per_task: {workers + 1}, or loader_workers: "
+        f"{cpus - 1}."
+    )
+
+
 def submit_and_wait(config: Config, fresh: bool = False) -> dict[str, Any]:
     run = RunPaths.of(config)
+    warning = warn_oversubscribed(config)
+    if warning is not None:
+        print(f"train: warning: {warning}", file=sys.stderr)
     fingerprint = run_fingerprint(config)
     job = None if fresh else _reattach(run, config, fingerprint)
     attached = job is not None

@@ -3,7 +3,10 @@ several spawned gloo processes, and what a run leaves behind."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import torch.multiprocessing as mp
 import yaml
 
 from conftest import free_port
+from host_tensors import HostTensors
 from pipeline.config import Config
 from pipeline.config_files import load_config
 from pipeline.launch import run_fingerprint
@@ -39,7 +43,15 @@ def run_in_process(config: Config) -> dict[str, Any]:
     return TrainJob(config.model_dump(mode="json"), run_fingerprint(config), {})()
 
 
-def _rank_entry(rank: int, world: int, config_dict: dict, fingerprint: str, port: int) -> None:
+def _rank_entry(
+    rank: int,
+    world: int,
+    configs: list[dict],
+    fingerprint: str,
+    port: int,
+    watch: Path | None,
+) -> None:
+    config_dict = configs[rank % len(configs)]
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -47,17 +59,51 @@ def _rank_entry(rank: int, world: int, config_dict: dict, fingerprint: str, port
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
     )
-    TrainJob(config_dict, fingerprint, {})()
+    job = TrainJob(config_dict, fingerprint, {})
+    if watch is None:
+        job()
+        return
+    opened: list[str] = []  # checkpoint files this rank opened for reading
+
+    def audit(event: str, args: tuple) -> None:
+        if event != "open":
+            return
+        path, mode = args[0], args[1]
+        if isinstance(path, str | Path) and str(path).endswith(".pt") and "r" in str(mode):
+            opened.append(str(path))
+
+    sys.addaudithook(audit)
+    with HostTensors() as host:
+        job()
+    report = {"opened": opened, "collectives": host.calls, "violations": host.violations}
+    (watch / f"rank{rank}.json").write_text(json.dumps(report))
 
 
-def run_processes(config: Config, world: int) -> None:
-    """The training job in `world` spawned processes, as torchrun would start it."""
-    mp.start_processes(
+def run_processes(
+    config: Config,
+    world: int,
+    rank_configs: list[Config] | None = None,
+    watch: Path | None = None,
+    timeout_s: float = 300,
+) -> None:
+    """The training job in `world` spawned processes, as torchrun would start it; rank r takes
+    `rank_configs[r]` where given. With `watch`, each rank writes watch/rank<r>.json: the
+    checkpoint files it read, the collectives it called and any host tensor handed to one
+    (tests/host_tensors.py). Ranks that have not ended after `timeout_s` (a hang) are killed."""
+    configs = [c.model_dump(mode="json") for c in rank_configs or [config]]
+    context = mp.start_processes(
         _rank_entry,
-        args=(world, config.model_dump(mode="json"), run_fingerprint(config), free_port()),
+        args=(world, configs, run_fingerprint(config), free_port(), watch),
         nprocs=world,
         start_method="spawn",
+        join=False,
     )
+    deadline = time.monotonic() + timeout_s
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the {world} ranks did not end within {timeout_s} s")
 
 
 def epoch_metrics(config: Config) -> list[dict[str, float]]:

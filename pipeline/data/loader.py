@@ -134,6 +134,7 @@ def make_loader(
     workers: int,
     pin_memory: bool = False,
     prefetch_batches: int = 4,
+    persistent: bool = True,
 ) -> DataLoader:
     # A worker has at most `prefetch_batches` batches queued; the consumer holds about two more
     # (the one in use, the one arriving). More in flight than that get fresh buffers.
@@ -145,6 +146,6 @@ def make_loader(
         collate_fn=_batch_as_is,
         pin_memory=pin_memory,
         worker_init_fn=pool.attach if pool is not None else None,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent and workers > 0,
         prefetch_factor=prefetch_batches if workers > 0 else None,
     )

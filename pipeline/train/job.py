@@ -18,7 +18,7 @@ from typing import Any
 import submitit
 
 from pipeline.config import Config
-from pipeline.errors import first_line
+from pipeline.errors import PipelineError, first_line
 from pipeline.hardware import cpu_name
 from pipeline.paths import RunPaths
 
@@ -50,6 +50,21 @@ class _StopHandler:
             self.original(signal.SIGUSR2, None)
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5] -> "0-2,5"."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+class LostRank(PipelineError, RuntimeError):
+    """A collective failed because another rank of the job is gone."""
+
+
 class TrainJob(submitit.helpers.Checkpointable):
     """The function every task of the training job runs."""
 
@@ -63,7 +78,11 @@ class TrainJob(submitit.helpers.Checkpointable):
 
         from pipeline.data.sharding import describe_shards
         from pipeline.tracking import Journal, Tracker, flatten
-        from pipeline.train.distributed import init_distributed, shutdown_distributed
+        from pipeline.train.distributed import (
+            init_distributed,
+            peer_lost,
+            shutdown_distributed,
+        )
         from pipeline.train.host_memory import retain_freed_memory
         from pipeline.train.loop import Preempted, StopFlag, Trainer
 
@@ -72,9 +91,12 @@ class TrainJob(submitit.helpers.Checkpointable):
         handler = _StopHandler(stop)
         if os.environ.get("SUBMITIT_EXECUTOR") or os.environ.get("SLURM_JOB_ID"):
             handler.install()
-        env = init_distributed(use_gpu=config.launcher.gpus_per_node > 0)
+        launcher = config.launcher
+        env, place = init_distributed(launcher.gpus_per_node, launcher.master_port)
+        print(place.describe(env.device, env.backend), file=sys.stderr, flush=True)
+        hosts = self._hosts(env)
         if env.device.type == "cpu":
-            torch.set_num_threads(config.launcher.cpus_per_task)
+            torch.set_num_threads(launcher.cpus_per_task)
             retain_freed_memory()  # no page faults for the same buffers every step
         trainer = Trainer(config, env, self.fingerprint, stop)
         tracker = None
@@ -82,6 +104,8 @@ class TrainJob(submitit.helpers.Checkpointable):
             tags = {
                 **self.tags,
                 **self._job_tags(env, torch),
+                "hosts": hosts,
+                "rendezvous": f"{place.master_addr}:{place.master_port}",
                 "steps_per_epoch": str(trainer.sampler.steps_per_epoch),
             }
             tracker = Tracker(
@@ -114,16 +138,42 @@ class TrainJob(submitit.helpers.Checkpointable):
             if env.is_main:
                 handler.hand_over()  # submitit requeues and exits the process
             sys.exit(0)
-        except Exception as err:  # a crash, the NaN check: the run says why it failed
+        except Exception as err:  # a crash, the NaN check, a lost rank: the run says why
+            if not peer_lost(err):
+                if tracker is not None:
+                    reason = f"{type(err).__name__}: {first_line(err, 400)}"
+                    tracker.set_tag("end_reason", reason)
+                raise
+            lost = LostRank(
+                f"rank {env.rank} on {socket.gethostname()} lost contact with the other ranks "
+                f"({type(err).__name__}: {first_line(err, 300)}): a node failed or a process "
+                "of the job was killed; the other tasks' logs say which. Run `train` again to "
+                f"resume from the last checkpoint ({trainer.last_checkpoint or 'none yet'})."
+            )
             if tracker is not None:
-                tracker.set_tag("end_reason", f"{type(err).__name__}: {first_line(err, 400)}")
-            raise
+                tracker.set_tag("end_reason", str(lost))
+            raise lost from err
         finally:
             if sampler is not None:
                 sampler.stop()
             if tracker is not None:
                 tracker.close(status)
             shutdown_distributed()
+
+    @staticmethod
+    def _hosts(env: Any) -> str:
+        """Collective: the job's hosts and the ranks on each, e.g. `node1: 0-7; node2: 8-15`,
+        for rank 0 to show and tag (every rank's own line is in its task log)."""
+        from pipeline.train.distributed import gather_to_main
+
+        ranks: dict[str, list[int]] = {}
+        for rank, host in enumerate(gather_to_main(socket.gethostname())):
+            ranks.setdefault(str(host), []).append(rank)
+        if not env.is_main:
+            return ""
+        text = "; ".join(f"{host}: {_ranges(r)}" for host, r in ranks.items())
+        print(f"ranks by host: {text}", flush=True)
+        return text
 
     @staticmethod
     def _system_metrics(config: Config, env: Any, trainer: Any, tracker: Any) -> Any:

@@ -114,7 +114,7 @@ class Trainer:
             build_model(config.model, self.num_classes), env.device, t.channels_last
         )
         self.progress = checkpoint.Progress()
-        loaded = checkpoint.load_latest(self.run.checkpoints)
+        loaded = checkpoint.load_for_resume(self.run.checkpoints, env)
         if loaded is not None and loaded.state["fingerprint"] != fingerprint:
             raise PipelineError(
                 f"{loaded.path} was made with another config or data (fingerprint "
@@ -140,7 +140,11 @@ class Trainer:
         workers = config.data.loader_workers
         self.train_loader = make_loader(self.train_set, self.sampler, workers, pin_memory=cuda)
         eval_sampler = EvalBatchSampler(len(self.val_set), t.val_batch, env.world_size, env.rank)
-        self.val_loader = make_loader(self.val_set, eval_sampler, workers, pin_memory=cuda)
+        # Its workers live only while validating: kept alive, they would hold memory and
+        # processes through training, beside the training loader's.
+        self.val_loader = make_loader(
+            self.val_set, eval_sampler, workers, pin_memory=cuda, persistent=False
+        )
         self.normalize = Normalizer(env.device, t.channels_last)
         self.schedule = Schedule(config)
         # The noise scale needs two batch sizes: micro-batch and minibatch must differ.
@@ -168,7 +172,7 @@ class Trainer:
     # ---------------------------------------------------------------------------------------
     # Checkpoints
 
-    def _restore(self, loaded: checkpoint.Loaded) -> None:
+    def _restore(self, loaded: checkpoint.Resume) -> None:
         self.progress, self.run_id = checkpoint.restore_training(
             loaded, self.model, self.optimizer, self.env
         )

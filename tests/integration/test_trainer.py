@@ -5,6 +5,7 @@ import math
 import os
 from types import SimpleNamespace
 
+import psutil
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -16,6 +17,7 @@ from pipeline.tracking import Journal
 from pipeline.train.distributed import init_distributed, shutdown_distributed
 from pipeline.train.loop import NonFiniteLoss, Preempted, StopFlag, Trainer
 from pipeline.train.model import build_model
+from pipeline.train.step import TrainStep
 from synthetic import write_image_tree
 from training_runs import (
     RANK_VARIABLES,
@@ -84,6 +86,23 @@ def test_loader_workers_change_nothing_in_training(data_config):
     a, b = final_state(in_process), final_state(with_workers)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_validation_workers_live_only_while_validating(data_config, monkeypatch):
+    """Training steps run beside the training loader's workers alone: the validation loader's
+    start for each validation and are gone after it, not kept through training."""
+    children = []
+    original = TrainStep.__call__
+
+    def counting_step(self, *args, **kwargs):
+        children.append(len(psutil.Process().children()))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(TrainStep, "__call__", counting_step)
+    config = experiment(data_config, "val-workers", data={"loader_workers": 2}, train={"epochs": 2})
+    run_in_process(config)
+    assert len(children) == 12  # 6 steps in each epoch, the second after a validation
+    assert set(children) == {children[0]} and children[0] >= 2, children
 
 
 @pytest.mark.slow
@@ -196,7 +215,7 @@ def test_a_lars_run_stopped_mid_epoch_resumes_bit_identical(data_config):
     stopped = experiment(data_config, "lars-stopped", **recipe)
     for key in RANK_VARIABLES:
         os.environ.pop(key, None)
-    env = init_distributed(use_gpu=False)
+    env, _ = init_distributed(gpus_per_node=0)
     try:
         trainer = Trainer(stopped, env, run_fingerprint(stopped), StopFlag(requested=True))
         with pytest.raises(Preempted, match="stopped at iteration 1"):

@@ -49,3 +49,20 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(tmp_path, caps
 
 def test_nothing_to_load(tmp_path):
     assert checkpoint.load_latest(tmp_path / "none") is None
+
+
+def test_a_gpu_process_keeps_its_own_generator_and_resumes_on_any_gpu(monkeypatch):
+    """Only the process's own GPU's RNG state is saved, and it is restored to the GPU the
+    process has when it resumes, which may be on a node that shows it one GPU, not eight.
+    (CUDA stood in for: there is no GPU here.)"""
+    states = {3: torch.tensor([3, 1, 4], dtype=torch.uint8)}
+    restored = {}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: states[device.index].clone())
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every GPU's"))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.update({device: s}))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: pytest.fail("every GPU's"))
+    saved = checkpoint.rng_state(torch.device("cuda", 3))
+    checkpoint.set_rng_state(saved, torch.device("cuda", 0))
+    assert list(restored) == [torch.device("cuda", 0)]
+    assert torch.equal(restored[torch.device("cuda", 0)], states[3])
+    assert "cuda" not in checkpoint.rng_state(torch.device("cpu"))

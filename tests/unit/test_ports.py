@@ -1,14 +1,9 @@
-"""Rendezvous ports: free ones, outside the kernel's ephemeral range, and given to local jobs."""
+"""Free ports for rendezvous, outside the kernel's ephemeral range."""
 
-import os
 import socket
 
 import pytest
-import submitit
 
-from conftest import write_config
-from pipeline.config_files import load_config
-from pipeline.launch import _local_master_port
 from pipeline.ports import LOW_PORT, _ephemeral_low, free_port
 
 
@@ -34,28 +29,3 @@ def test_free_port_skips_a_port_in_use(monkeypatch):
             lambda self, population, k: [taken_port, LOW_PORT + 7],
         )
         assert free_port() == LOW_PORT + 7
-
-
-@pytest.mark.parametrize("cluster", ["local", "slurm"])
-def test_local_jobs_get_a_checked_master_port_for_their_tasks(tmp_path, monkeypatch, cluster):
-    monkeypatch.delenv("MASTER_PORT", raising=False)
-    config = load_config(write_config(tmp_path, tmp_path, launcher={"cluster": cluster}))
-    with _local_master_port(config):
-        inside = os.environ.get("MASTER_PORT")
-    assert "MASTER_PORT" not in os.environ  # restored after the submission
-    if cluster == "local":
-        with socket.socket() as sock:
-            sock.bind(("", int(inside)))
-    else:  # a Slurm job would inherit a port checked on the submitting host
-        assert inside is None
-
-
-def test_a_local_submitit_job_sees_that_port(tmp_path, monkeypatch):
-    monkeypatch.delenv("MASTER_PORT", raising=False)
-    config = load_config(write_config(tmp_path, tmp_path, launcher={"cluster": "local"}))
-    executor = submitit.LocalExecutor(tmp_path / "submitit")
-    executor.update_parameters(timeout_min=2, tasks_per_node=1)
-    with _local_master_port(config):
-        expected = os.environ["MASTER_PORT"]
-        job = executor.submit(os.getenv, "MASTER_PORT")
-    assert job.result() == expected  # what submitit's TorchDistributedEnvironment then uses
