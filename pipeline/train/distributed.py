@@ -38,7 +38,6 @@ def init_distributed(
     CPU, NCCL on this local rank's GPU. The GPU is made current before any collective: NCCL
     and the object collectives (gather_object, broadcast_object_list) use the current device."""
     place = discover(master_port)
-    place.export()
     device = select_device(gpus_per_node, place.local_rank)
     cuda = device.type == "cuda"
     if cuda:
@@ -47,7 +46,7 @@ def init_distributed(
     if not dist.is_initialized():
         dist.init_process_group(
             backend,
-            init_method="env://",
+            init_method=place.init_method,
             rank=place.rank,
             world_size=place.world_size,
             timeout=datetime.timedelta(minutes=timeout_min),
@@ -83,6 +82,13 @@ class AllReduceState:
     probe: Any = None  # a NoiseProbe: sees each bucket before it is reduced, when measuring
 
 
+def wire_values(buffer: torch.Tensor, world_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """What one rank hands to the all-reduce: its fp32 gradients divided by the world size,
+    then cast to `dtype`. In place on `buffer` (the reduced result overwrites it anyway)."""
+    buffer.div_(world_size)
+    return buffer if dtype == buffer.dtype else buffer.to(dtype)
+
+
 def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would fail its check
     """Average a gradient bucket (a dist.GradBucket) over all workers in `state.dtype`.
 
@@ -95,8 +101,7 @@ def allreduce_hook(state, bucket):  # DDP checks the annotations; strings would 
     buffer = bucket.buffer()
     if state.probe is not None and state.probe.measuring:
         state.probe.add_bucket(bucket.parameters(), bucket.gradients())
-    buffer.div_(world_size)  # in fp32, on the bucket itself: the result overwrites it anyway
-    reduced = buffer if state.dtype == buffer.dtype else buffer.to(state.dtype)
+    reduced = wire_values(buffer, world_size, state.dtype)
     state.bytes_reduced += reduced.numel() * reduced.element_size()
     state.calls += 1
     future = dist.all_reduce(reduced, group=group, async_op=True).get_future()

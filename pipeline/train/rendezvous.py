@@ -2,16 +2,17 @@
 
 Three ways a process is started, each with its own source of truth:
 
-* torchrun, or anything else that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT;
 * a submitit job: the ranks come from Slurm (SLURM_PROCID, SLURM_LOCALID, the job's node
   list) or from submitit's local executor; the master is the job's first node;
+* torchrun, or anything else that sets RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT;
 * a plain single process: a one-member group on a free local port, so that the same code path
   (DDP, the communication hook) runs everywhere.
 
 The rendezvous port of a Slurm job is derived from its job id and restart count, below Linux's
 ephemeral ports: every task computes the same port without talking to the others, a requeued
-job does not meet on the port its previous run may still hold, and a MASTER_PORT inherited from
-the submitting shell is ignored.
+job does not meet on the port its previous run may still hold, and variables inherited from
+the submitting shell (MASTER_PORT, RANK) are ignored: the process group is given its address,
+rank and size explicitly, and nothing is exported to the environment.
 """
 
 from __future__ import annotations
@@ -53,38 +54,35 @@ class Rendezvous:
     master_port: int
     source: str  # torchrun | slurm | local | single
 
-    def export(self) -> None:
-        """The variables `init_method="env://"` reads, replacing any inherited ones."""
-        os.environ.update(
-            RANK=str(self.rank),
-            WORLD_SIZE=str(self.world_size),
-            LOCAL_RANK=str(self.local_rank),
-            MASTER_ADDR=self.master_addr,
-            MASTER_PORT=str(self.master_port),
-        )
+    @property
+    def init_method(self) -> str:
+        """Where torch.distributed meets, given explicitly: no variable of the environment
+        (an inherited MASTER_PORT, say) takes part."""
+        host = f"[{self.master_addr}]" if ":" in self.master_addr else self.master_addr
+        return f"tcp://{host}:{self.master_port}"
 
     def describe(self, device: torch.device, backend: str) -> str:
+        """One line for the task's log: who and where this rank is, and where it met the
+        others (with the address the master's name resolved to: the network it crosses)."""
+        try:
+            address = socket.gethostbyname(self.master_addr)
+        except OSError:
+            address = "unresolved"
         return (
             f"rank {self.rank}/{self.world_size} (local rank {self.local_rank}) on "
             f"{socket.gethostname()}: {device}, {backend}; rendezvous "
-            f"{self.master_addr}:{self.master_port} ({self.source})"
+            f"{self.master_addr}:{self.master_port} ({address}, {self.source})"
         )
 
 
 def discover(master_port: int | None = None) -> Rendezvous:
     """This process's place in the job; `master_port` (launcher.master_port) overrides the
-    derived port of a submitit job."""
+    derived port of a submitit job. A submitit task trusts Slurm (or submitit's local
+    executor) over RANK / WORLD_SIZE, which it may have inherited from the submitting shell;
+    torchrun's variables count where torchrun started the process."""
     env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return Rendezvous(
-            int(env["RANK"]),
-            int(env["WORLD_SIZE"]),
-            int(env.get("LOCAL_RANK", "0")),
-            env.get("MASTER_ADDR", "127.0.0.1"),
-            int(env.get("MASTER_PORT", "29500")),
-            "torchrun",
-        )
-    if env.get("SUBMITIT_EXECUTOR") or env.get("SLURM_JOB_ID"):
+    torchrun = "TORCHELASTIC_RUN_ID" in env
+    if env.get("SUBMITIT_EXECUTOR") and not torchrun:
         import submitit
 
         job = submitit.JobEnvironment()
@@ -102,6 +100,15 @@ def discover(master_port: int | None = None) -> Rendezvous:
             job.hostnames[0],
             port,
             "slurm" if on_slurm else "local",
+        )
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Rendezvous(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", "0")),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", "29500")),
+            "torchrun",
         )
     return Rendezvous(0, 1, 0, "127.0.0.1", master_port or free_port(), "single")
 

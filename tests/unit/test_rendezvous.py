@@ -60,10 +60,12 @@ def test_a_slurm_task_meets_on_the_first_node_at_the_job_port():
         "SLURM_JOB_NODELIST": "gpu-[017-018]",
         "SLURM_PROCID": "11",
         "SLURM_LOCALID": "3",
-        "MASTER_PORT": "12345",  # exported in the submitting shell, inherited by the job
+        # exported in the submitting shell (another job's, say), inherited by this one:
+        "MASTER_PORT": "12345",
+        "RANK": "0",
+        "WORLD_SIZE": "1",
     }
-    for key in ("RANK", "WORLD_SIZE", "SLURM_RESTART_COUNT"):
-        os.environ.pop(key, None)
+    os.environ.pop("SLURM_RESTART_COUNT", None)
     first = _slurm_task(task)
     assert "rank=11, world_size=16, local_rank=3, master_addr='gpu-017'" in first
     assert f"master_port={job_port('4242')}, source='slurm'" in first
@@ -138,11 +140,13 @@ def test_the_gpu_is_made_current_before_the_process_group_exists(eight_gpus, mon
         calls.append(("init", backend, kwargs["device_id"], kwargs["rank"]))
 
     monkeypatch.setattr(distributed.dist, "init_process_group", init_process_group)
-    for key, value in dict(RANK="3", WORLD_SIZE="16", LOCAL_RANK="3").items():
+    torchrun = dict(RANK="3", WORLD_SIZE="16", LOCAL_RANK="3", MASTER_ADDR="n1", MASTER_PORT="9")
+    for key, value in torchrun.items():
         monkeypatch.setenv(key, value)
-    env, _ = distributed.init_distributed(gpus_per_node=8)
+    env, place = distributed.init_distributed(gpus_per_node=8)
     gpu = torch.device("cuda", 3)
     assert calls == [("set", gpu), ("init", "nccl", gpu, 3)]
+    assert place.source == "torchrun" and place.init_method == "tcp://n1:9"
     assert (env.device, env.backend, env.local_rank) == (gpu, "nccl", 3)
 
 
