@@ -101,14 +101,17 @@ def write_config(folder: Path, data_root: Path, **changes: Any) -> Path:
     return path
 
 
-def run_stage(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """`python -m pipeline ...` in a subprocess, as Snakemake runs it."""
+def run_stage(
+    *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`python -m pipeline ...` in a subprocess, as Snakemake runs it; `env` adds variables."""
     result = subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=PROJECT,
         capture_output=True,
         text=True,
         timeout=600,
+        env={**os.environ, **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"pipeline {args} failed:\n{result.stdout}\n{result.stderr}")
@@ -192,3 +195,23 @@ def mlflow_server(port: int, folder: Path, store: Path | None = None):
         store or folder / "mlflow.db", port, folder / "server.log", folder / "artifacts"
     ) as url:
         yield url
+
+
+SLURM_TIER = pytest.mark.skipif(
+    os.environ.get("PIPELINE_TEST_SLURM") != "1",
+    reason="the Slurm tier installs and starts Slurm, MariaDB and munge system-wide, makes "
+    "network namespaces and writes /etc/slurm: run it with PIPELINE_TEST_SLURM=1 (as root on "
+    "Debian; .ci/run does)",
+)
+CLUSTER_SCRIPT = PROJECT / "tests" / "cluster" / "cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The throwaway two-node Slurm of tests/cluster/cluster.sh, up for the whole session."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.fail("PIPELINE_TEST_SLURM=1, but the throwaway cluster needs root and apt-get")
+    up = subprocess.run([str(CLUSTER_SCRIPT), "up"], capture_output=True, text=True, timeout=600)
+    assert up.returncode == 0, f"cluster up failed:\n{up.stdout}\n{up.stderr}"
+    yield
+    subprocess.run([str(CLUSTER_SCRIPT), "down"], capture_output=True, timeout=120)

@@ -125,7 +125,9 @@ def assert_same_updates(
     or wrong BN statistics give 1e-2 and more). Not tensor by tensor: a gradient that is a sum
     of nearly cancelling terms, as a BN bias has behind per-micro-batch BN, differs by a
     percent on its own between summation orders, on one CPU and not on another. BN running
-    statistics, means of means, elementwise."""
+    statistics tensor by tensor, within 1e-3 of the tensor's largest value: computed by
+    weights that differ by 1e-4 of the update (BN averaged over the wrong workers is off by
+    their spread, several percent)."""
     assert a.keys() == b.keys() == base.keys()
     weights = [k for k in a if a[k].is_floating_point() and "running_" not in k]
     flat = {
@@ -137,4 +139,5 @@ def assert_same_updates(
     statistics = [k for k in a if "running_" in k]
     assert statistics
     for name in statistics:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        apart = (a[name] - b[name]).abs().max() / b[name].abs().max()
+        assert apart <= 1e-3, f"{name} differs by {apart:.2e} of its largest value"
