@@ -41,6 +41,8 @@ bench: $(STAMP)
 	python benchmarks/preprocess.py
 	python benchmarks/trainer_step.py
 	python benchmarks/allreduce.py
+	python benchmarks/allreduce_precision.py
+	python benchmarks/resume_reads.py
 	python benchmarks/host_memory.py
 	python -m pipeline plan --check-paper --json results/bench/plan.json
 
