@@ -7,7 +7,11 @@
    uint8 to the GPU), with --workers processes.
 3. Training fed by our loader (bf16 + channels_last).
 4. JPEG decode: torchvision.io.decode_jpeg on the GPU (batched) against the CPU (one core).
-5. Last, so that a slow or failing compile costs none of the above: 1's bf16 + channels_last
+5. The training step (bf16 + channels_last on a GPU) in 2 processes, one per GPU, through the
+   trainer's own rank set-up (`init_distributed`: NCCL, a device per local rank) with the fp16
+   hook, and each collective of training checked on that backend (`gpu_ranks.py`). One
+   process where the machine has one GPU: NCCL refuses two ranks on one device.
+6. Last, so that a slow or failing compile costs none of the above: 1's bf16 + channels_last
    with the optimizer update compiled (`train.compile_optimizer`), and how long that took.
 
 Goals: >= 3,000 img/s for 3 on one H200 (NVIDIA's published anchor: 2,470 img/s on
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +44,7 @@ from torchvision.io import decode_jpeg
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.gpu_ranks import ranks_step, sync  # noqa: E402
 from benchmarks.loader import time_loader  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline import stages  # noqa: E402
@@ -52,11 +58,6 @@ from pipeline.train.distributed import AllReduceState, allreduce_hook  # noqa: E
 from pipeline.train.model import build_model, param_groups  # noqa: E402
 from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def synthetic_jpegs(root: Path, count: int, classes: int = 10) -> None:
@@ -250,6 +251,19 @@ def main() -> None:
         for key, rate in decode_rates(shards, device, 512).items():
             record(f"JPEG decode ({key})", rate, "img/s")
         del step, iterator, loader  # stops the loader's workers before the next measurement
+
+    # The trainer's own rank set-up in separate processes, one per GPU (NCCL): two where the
+    # machine has two GPUs, else one; gloo on a CPU.
+    dist.destroy_process_group()
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    processes = 2 if gpus >= 2 or device.type == "cpu" else 1
+    with tempfile.TemporaryDirectory() as tmp:
+        ranks = ranks_step(
+            processes, min(gpus, processes), args.arch, args.batch, args.steps, Path(tmp)
+        )
+    label = f"{args.arch} training step, {processes} process(es), {ranks['backend']}"
+    record(label, statistics.mean(ranks["rates"]), "img/s per process")
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=0, world_size=1)
 
     start = time.perf_counter()
     step = make_step(args.arch, device, True, True, compiled=True)

@@ -14,16 +14,33 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import free_port
+from conftest import build_shards, free_port, write_config
 from host_tensors import HostTensors
 from pipeline.config import Config
-from pipeline.config_files import load_config
+from pipeline.config_files import deep_merge, load_config
 from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
 from pipeline.train.job import TrainJob
+from synthetic import write_image_tree
 
 RANK_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def small_images(folder: Path, train_per_class: int, **changes: Any) -> Path:
+    """A config over 3 classes of plain 40 x 40 images (`train_per_class` train and 4 val
+    images each), sharded: 32 px crops, ResNet-18, deterministic, a log point every step, the
+    loader in the training process; `changes` update its sections."""
+    images = folder / "images"
+    write_image_tree(images, classes=3, train=train_per_class, val=4, sizes=[(40, 40)], plain=True)
+    base = {
+        "data": {"image_size": 32, "val_resize": 32, "loader_workers": 0},
+        "model": {"arch": "resnet18"},
+        "train": {"deterministic": True, "log_every": 1},
+    }
+    path = write_config(folder, images, **deep_merge(base, changes))
+    build_shards(path)
+    return path
 
 
 def experiment(data_config: Path, name: str, **changes: dict[str, Any]) -> Config:

@@ -138,14 +138,20 @@ def test_four_ranks_on_two_nodes_make_the_updates_of_one_process_accumulating_fo
     assert val_four["val_top1"] == val_one["val_top1"]
 
 
-def test_the_requeue_signal_saves_requeues_and_resumes(reference, digits, tmp_path):
-    path = demo_on_slurm(tmp_path, digits)
-    process = start_train(path, tmp_path)
+def interrupted(path, log_dir, *command):
+    """`train` started, `command` run with the job id appended once training is under way,
+    and `train` waited for: it must finish. The job id and `train`'s output."""
+    process = start_train(path, log_dir)
     wait_until(lambda: mid_run_checkpoint(path), "a checkpoint mid-run")
     job = job_id(path)
-    subprocess.run(["scancel", "--signal=USR2", job], check=True)  # what preemption sends
+    subprocess.run([*command, job], check=True)
     assert process.wait(timeout=400) == 0
-    log = (tmp_path / "train.log").read_text()
+    return job, (log_dir / "train.log").read_text()
+
+
+def test_the_requeue_signal_saves_requeues_and_resumes(reference, digits, tmp_path):
+    path = demo_on_slurm(tmp_path, digits)
+    job, log = interrupted(path, tmp_path, "scancel", "--signal=USR2")  # preemption's signal
     assert "received SIGUSR2: checkpointing at the next step" in log
     assert f"Requeued job {job}" in log and "resuming from" in log
     assert same(final_weights(reference), final_weights(path))
@@ -159,12 +165,7 @@ def test_the_requeue_signal_saves_requeues_and_resumes(reference, digits, tmp_pa
 
 def test_scontrol_requeue_resumes_bit_identical_on_a_new_port(reference, digits, tmp_path):
     path = demo_on_slurm(tmp_path, digits)
-    process = start_train(path, tmp_path)
-    wait_until(lambda: mid_run_checkpoint(path), "a checkpoint mid-run")
-    job = job_id(path)
-    subprocess.run(["scontrol", "requeue", job], check=True)  # no signal first
-    assert process.wait(timeout=400) == 0
-    log = (tmp_path / "train.log").read_text()
+    job, log = interrupted(path, tmp_path, "scontrol", "requeue")  # no signal first
     assert "resuming from" in log and "received SIGUSR2" not in log
     assert same(final_weights(reference), final_weights(path))
     # the requeued run met on another port: the first run's may still be held on its node

@@ -4,16 +4,15 @@ exact resume beyond two ranks, where a rank-order or gather bug would first show
 import pytest
 import torch
 
-from conftest import build_shards, write_config
 from pipeline.paths import RunPaths
 from pipeline.train.checkpoint import list_checkpoints
-from synthetic import write_image_tree
 from training_runs import (
     assert_same_updates,
     experiment,
     final_state,
     run_in_process,
     run_processes,
+    small_images,
 )
 
 WORLD = 8
@@ -25,21 +24,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
     """96 train images in 3 classes: one global minibatch of 8 x 4 = 32, three steps."""
-    tmp = tmp_path_factory.mktemp("eight")
-    write_image_tree(tmp / "images", classes=3, train=32, val=4, sizes=[(40, 40)], plain=True)
-    path = write_config(
-        tmp,
-        tmp / "images",
-        data={"image_size": 32, "val_resize": 32, "loader_workers": 0},
-        model={"arch": "resnet18"},
-        train={
-            "epochs": 1,
-            "batch_per_worker": 4,
-            "deterministic": True,
-            "log_every": 1,
-            "allreduce_dtype": "fp32",
-            "val_batch": 4,
-        },
+    return small_images(
+        tmp_path_factory.mktemp("eight"),
+        32,
+        train={"epochs": 1, "batch_per_worker": 4, "allreduce_dtype": "fp32", "val_batch": 4},
         # Momentum SGD: 8 terms summed in another order differ in their last bits, and the
         # hybrid's first steps (almost pure RMSprop: g / sqrt(v), about 10 x sign(g) on step 1)
         # turn that into sign flips where a gradient is near 0. After these 3 steps one process
@@ -50,8 +38,6 @@ def data_config(tmp_path_factory):
         schedule={"base_lr": 0.05},
         tracking={"system_metrics_s": 0},
     )
-    build_shards(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ ROWS = [
     "resnet18 bf16 + channels_last fed by our loader",
     "loader alone / training fed by it",
     "JPEG decode (cpu_one_core)",
+    "resnet18 training step, 2 process(es), gloo",
     "resnet18 training, synthetic data, bf16 + channels_last, compiled update",
     "that measurement with its compile",
 ]

@@ -9,10 +9,8 @@ import shutil
 import pytest
 import torch
 
-from conftest import build_shards, write_config
 from pipeline.paths import RunPaths
-from synthetic import write_image_tree
-from training_runs import experiment, final_state, run_processes
+from training_runs import experiment, final_state, run_processes, small_images
 
 pytestmark = pytest.mark.slow
 WORLD = 2
@@ -21,18 +19,12 @@ WORLD = 2
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
     """48 train images in 3 classes: 3 steps of 2 x 8 an epoch."""
-    tmp = tmp_path_factory.mktemp("resume")
-    write_image_tree(tmp / "images", classes=3, train=16, val=4, sizes=[(40, 40)], plain=True)
-    path = write_config(
-        tmp,
-        tmp / "images",
-        data={"image_size": 32, "val_resize": 32, "loader_workers": 0},
-        model={"arch": "resnet18"},
+    return small_images(
+        tmp_path_factory.mktemp("resume"),
+        16,
         train={
             "epochs": 2,
             "batch_per_worker": 8,
-            "deterministic": True,
-            "log_every": 1,
             "checkpoint_every_min": 1e-9,  # a checkpoint after every step
             "keep_checkpoints": 100,
         },
@@ -40,8 +32,6 @@ def data_config(tmp_path_factory):
         launcher={"nodes": 2, "tasks_per_node": 1},
         tracking={"system_metrics_s": 0.2},
     )
-    build_shards(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import build_shards, write_config
 from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
@@ -18,7 +17,6 @@ from pipeline.train.distributed import init_distributed, shutdown_distributed
 from pipeline.train.loop import NonFiniteLoss, Preempted, StopFlag, Trainer
 from pipeline.train.model import build_model
 from pipeline.train.step import TrainStep
-from synthetic import write_image_tree
 from training_runs import (
     RANK_VARIABLES,
     epoch_metrics,
@@ -26,30 +24,19 @@ from training_runs import (
     final_state,
     run_in_process,
     run_processes,
+    small_images,
 )
 
 
 @pytest.fixture(scope="module")
 def data_config(tmp_path_factory):
     """48 train / 12 val synthetic images in 3 classes, sharded once for this module."""
-    tmp = tmp_path_factory.mktemp("trainer")
-    write_image_tree(tmp / "images", classes=3, train=16, val=4, sizes=[(40, 40)], plain=True)
-    path = write_config(
-        tmp,
-        tmp / "images",
-        data={"image_size": 32, "val_resize": 32, "loader_workers": 0},
-        model={"arch": "resnet18"},
-        train={
-            "epochs": 1,
-            "batch_per_worker": 8,
-            "deterministic": True,
-            "log_every": 1,
-            "allreduce_dtype": "fp32",
-        },
+    return small_images(
+        tmp_path_factory.mktemp("trainer"),
+        16,
+        train={"epochs": 1, "batch_per_worker": 8, "allreduce_dtype": "fp32"},
         schedule={"base_lr": 0.05},
     )
-    build_shards(path)
-    return path
 
 
 @pytest.mark.slow
