@@ -2,7 +2,8 @@
 # make test  - build .venv if absent, then run every test
 # make bench - side-by-side benchmarks (results/bench/)
 # make bench-scale - ImageNet-sized inputs and 1,024 workers, simulated (docs/scaling.md)
-# make lint  - ruff, snakemake --lint, snakefmt, and the config schema check
+# make lint  - ruff, snakemake --lint, snakefmt, the config schema and the docs' figures
+# make docs  - write the docs' generated figures (cog blocks) and config/README.md
 # make reproduce - the batch-size sweep of docs/reproduction.md (about 40 min on 2 cores)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
@@ -11,7 +12,10 @@ PYTHON ?= python3
 STAMP := $(VENV)/.installed
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test bench bench-scale lint ui reproduce venv clean
+.PHONY: run test bench bench-scale lint docs ui reproduce venv clean
+
+# Files whose cog blocks quote figures from the repository's files (docs/figures.py).
+COGGED := README.md docs/design.md docs/scaling.md docs/performance.md profiles/slurm/config.yaml
 
 venv: $(STAMP)
 
@@ -56,6 +60,11 @@ lint: $(STAMP)
 	snakemake --lint
 	snakefmt --check Snakefile workflow/rules/*.smk
 	python -m pipeline schema --check
+	cog --check -I docs $(COGGED)
+
+docs: $(STAMP)
+	cog -r -I docs $(COGGED)
+	python -m pipeline schema --write
 
 # The paper's claim at small scale: four methods x three minibatch sizes on Imagenette
 # (40 min on 2 CPU cores; docs/reproduction.md).

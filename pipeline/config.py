@@ -175,7 +175,9 @@ class TrainConfig(_Strict):
     allreduce_dtype: Literal["fp16", "bf16", "fp32"] = Field(
         "fp16", description="Gradient all-reduce precision (divided by world size first)."
     )
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast on GPU.")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast, on the GPU and the CPU alike."
+    )
     channels_last: bool = Field(False, description="NHWC memory format (faster on GPU).")
     compile_optimizer: bool = Field(
         False,

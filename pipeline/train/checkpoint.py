@@ -168,7 +168,7 @@ class Progress:
 
 def rank_state(model: nn.Module, bn_moving_average: bool) -> dict[str, Any]:
     """What one rank adds to a checkpoint: its RNG states, and its BN buffers when they are
-    moving averages (about 210 kB for ResNet-50, x 1,024 ranks)."""
+    moving averages (docs/scaling.md has their size at 1,024 ranks)."""
     mine: dict[str, Any] = {"rng": rng_state(next(model.parameters()).device)}
     if bn_moving_average:
         mine["bn"] = [b.detach().cpu().clone() for b in bn_buffers(model)]
