@@ -90,28 +90,39 @@ def main() -> None:
     )
     result = json.loads((args.out / "allreduce_raw.json").read_text())
     fp32 = result["fp32"]["bytes_per_step"]
-    print(
-        f"\nGradient all-reduce, {args.arch} ({result['parameters'] / 1e6:.2f} M parameters), "
-        f"2 gloo processes, batch {args.batch} each, median of {args.repeats} x "
-        f"{args.steps} steps"
-    )
-    print("| all-reduce dtype | bytes per step per process | vs fp32 | step ms | vs fp32 |")
-    print("|---|---|---|---|---|")
-    for dtype in DTYPES:
-        r = result[dtype]
-        print(
-            f"| {dtype} | {r['bytes_per_step']:,} | {r['bytes_per_step'] / fp32:.3f} | "
-            f"{r['step_ms']:.1f} | {r['step_ms'] / result['fp32']['step_ms']:.2f}x |"
-        )
     half = result["fp16"]["bytes_per_step"] * 2 == fp32 == 4 * result["parameters"]
-    print(f"\nfp16 moves exactly half the bytes of fp32 (fp32: 4 bytes x every parameter): {half}")
-    write_benchmark_report(
+    report = write_benchmark_report(
         args.out / "allreduce.json",
         "allreduce",
         args,
         results=result,
         fp16_is_half_of_fp32=half,
     )
+    print(
+        f"\nGradient all-reduce, {args.arch} ({result['parameters'] / 1e6:.2f} M parameters), "
+        f"2 gloo processes, batch {args.batch} each, median of {args.repeats} x "
+        f"{args.steps} steps"
+    )
+    print(markdown(report))
+    print(f"fp16 moves exactly half the bytes of fp32 (fp32: 4 bytes x every parameter): {half}")
+
+
+def markdown(report: dict) -> str:
+    """The table of docs/performance.md, from the report's JSON."""
+    result = report["results"]
+    fp32 = result["fp32"]
+    lines = [
+        "| all-reduce dtype | bytes per step per process | vs fp32 | step ms | vs fp32 |",
+        "|---|---|---|---|---|",
+    ]
+    for dtype in DTYPES:
+        r = result[dtype]
+        share = r["bytes_per_step"] / fp32["bytes_per_step"]
+        lines.append(
+            f"| {dtype} | {r['bytes_per_step']:,} | {share:.3f} | {r['step_ms']:.1f} "
+            f"| {r['step_ms'] / fp32['step_ms']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

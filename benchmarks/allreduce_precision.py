@@ -167,24 +167,7 @@ def main() -> None:
                 order: losses(form.finish(add(sent, world, form.dtype), world), exact)
                 for order, add in (("ring", ring_sum), ("tree", tree_sum))
             }
-    print(f"\nAll-reduce precision against the float64 mean, ResNet-50 gradients ({source}),")
-    print(f"{args.samples:,} of {grads[0].numel():,} elements; |mean| quantiles: {quantiles}")
-    print(
-        "| form | W | relative L2 error, ring | tree | elements returned 0 (ring) | "
-        "their share of the mean's squared norm |"
-    )
-    print("|---|---|---|---|---|---|")
-    for name, rows in table.items():
-        for world, orders in rows.items():
-            ring, tree = orders["ring"], orders["tree"]
-            bad = sum(r["nonfinite"] for r in orders.values())
-            flag = f" ({bad} non-finite)" if bad else ""
-            print(
-                f"| {name} | {world} | {ring['relative_l2_error']:.2e}{flag} | "
-                f"{tree['relative_l2_error']:.2e} | {100 * ring['zeroed_share']:.2f} % | "
-                f"{100 * ring['zeroed_norm_share']:.4f} % |"
-            )
-    write_benchmark_report(
+    report = write_benchmark_report(
         args.out / "allreduce_precision.json",
         "allreduce_precision",
         args,
@@ -194,6 +177,29 @@ def main() -> None:
         results=table,
         seconds=time.perf_counter() - start,
     )
+    print(f"\nAll-reduce precision against the float64 mean, ResNet-50 gradients ({source}),")
+    print(f"{args.samples:,} of {grads[0].numel():,} elements; |mean| quantiles: {quantiles}")
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The table of docs/performance.md, from the report's JSON."""
+    lines = [
+        "| form | W | relative L2 error, ring | relative L2 error, tree | elements returned as 0 "
+        "(ring) | their share of the mean's squared norm |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, rows in report["results"].items():
+        for world, orders in rows.items():
+            ring, tree = orders["ring"], orders["tree"]
+            bad = sum(r["nonfinite"] for r in orders.values())
+            flag = f" ({bad} non-finite)" if bad else ""
+            lines.append(
+                f"| {name} | {int(world):,} | {ring['relative_l2_error']:.2e}{flag} | "
+                f"{tree['relative_l2_error']:.2e} | {100 * ring['zeroed_share']:.2f} % | "
+                f"{100 * ring['zeroed_norm_share']:.4f} % |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

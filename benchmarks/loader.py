@@ -254,25 +254,31 @@ def main() -> None:
         shards = build_shards(varied, args.work, f"varied{per_class}")
         results.append(compare("varied size", varied, shards, args))
 
+    report = write_benchmark_report(args.work / "loader.json", "loader", args, results=results)
     print(
         f"\nLoader benchmark: batch {args.batch}, {args.workers} workers, "
         f"{args.batches} batches per run, {args.repeats} interleaved repeats: median img/s, "
         "and the median of the ratios within a repeat with its bootstrap 95 % interval"
     )
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The table of docs/performance.md, from the report's JSON."""
+    workers = report["args"]["workers"]
     header = (
         "images",
         "ImageFolder img/s",
-        "ours img/s (uint8 out)",
+        "ours img/s",
         "ratio",
-        "ours + CPU normalize img/s",
+        "ours + CPU normalize",
         "ratio",
-        "ceiling x workers",
+        f"ceiling x {workers}",
         "ours / ceiling",
-        "workers' loops at once",
+        "loops at once",
         "ours / that",
     )
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
 
     def times(r: dict, key: str) -> str:
         low, high = r[f"{key}_interval"]
@@ -282,26 +288,21 @@ def main() -> None:
         low, high = r[f"{key}_interval"]
         return f"{100 * r[key]:.0f} % ({100 * low:.0f}-{100 * high:.0f})"
 
-    for r in results:
+    for r in report["results"]:
         cells = (
-            r["images"],
-            f"{r['imagefolder_img_s']:.0f}",
-            f"{r['ours_img_s']:.0f}",
+            {"as given": "224 px", "varied size": "varied"}.get(r["images"], r["images"]),
+            f"{r['imagefolder_img_s']:,.0f}",
+            f"{r['ours_img_s']:,.0f}",
             times(r, "ratio"),
-            f"{r['ours_cpu_normalize_img_s']:.0f}",
+            f"{r['ours_cpu_normalize_img_s']:,.0f}",
             times(r, "ratio_cpu_normalize"),
-            f"{r['ceiling_x_workers_img_s']:.0f}",
+            f"{r['ceiling_x_workers_img_s']:,.0f}",
             share(r, "share_of_ceiling"),
-            f"{r['concurrent_ceiling_img_s']:.0f}",
+            f"{r['concurrent_ceiling_img_s']:,.0f}",
             share(r, "share_of_concurrent_ceiling"),
         )
-        print("| " + " | ".join(cells) + " |")
-    write_benchmark_report(
-        args.work / "loader.json",
-        "loader",
-        args,
-        results=results,
-    )
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

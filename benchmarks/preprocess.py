@@ -170,87 +170,31 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     images = len(list(args.data.glob("train/*/*"))) + len(list(args.data.glob("val/*/*")))
 
-    # name: (parallel jobs, the one-job variant it scales from, run); the ceilings are measured
-    # in every repeat as well
-    single = "stages, 1 process"
-    one, large = "snakemake --cores 1", "snakemake --cores 1, ImageNet-sized shards"
+    # name: how to run it (`_jobs` and `_one_job` read the jobs and the baseline off the name);
+    # the ceilings are measured in every repeat as well
     variants = {
-        single: (1, single, lambda r: in_process(args.work, args.data, 1, f"p1-{r}")),
-        "stages, 2 shard jobs": (
-            2,
-            single,
-            lambda r: in_process(args.work, args.data, 2, f"p2-{r}"),
+        "stages, 1 process": lambda r: in_process(args.work, args.data, 1, f"p1-{r}"),
+        "stages, 2 shard jobs": lambda r: in_process(args.work, args.data, 2, f"p2-{r}"),
+        "snakemake --cores 1": lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}"),
+        "snakemake --cores 2": lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}"),
+        "snakemake --cores 1, ImageNet-sized shards": lambda r: with_snakemake(
+            args.work, args.data, 1, f"s1-large-{r}", IMAGENET_SIZED_SHARDS
         ),
-        one: (1, one, lambda r: with_snakemake(args.work, args.data, 1, f"s1-{r}")),
-        "snakemake --cores 2": (
-            2,
-            one,
-            lambda r: with_snakemake(args.work, args.data, 2, f"s2-{r}"),
-        ),
-        large: (
-            1,
-            large,
-            lambda r: with_snakemake(
-                args.work, args.data, 1, f"s1-large-{r}", IMAGENET_SIZED_SHARDS
-            ),
-        ),
-        "snakemake --cores 2, ImageNet-sized shards": (
-            2,
-            large,
-            lambda r: with_snakemake(
-                args.work, args.data, 2, f"s2-large-{r}", IMAGENET_SIZED_PAIRS
-            ),
+        "snakemake --cores 2, ImageNet-sized shards": lambda r: with_snakemake(
+            args.work, args.data, 2, f"s2-large-{r}", IMAGENET_SIZED_PAIRS
         ),
     }
     ceiling_runs: list[dict[str, float]] = []
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for repeat in range(args.repeats):
         ceiling_runs.append(ceilings(args.data, 1500))
-        for name, (_, _, run) in variants.items():
+        for name, run in variants.items():
             runs[name].append(run(repeat))
             print(f"  repeat {repeat + 1}: {name}: {runs[name][-1]['wall_s']:.1f} s", flush=True)
     median = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
     rates = {k: images / m["wall_s"] for k, m in median.items()}
     ceiling = {k: statistics.median(c[k] for c in ceiling_runs) for k in ceiling_runs[0]}
-
-    per_core = ceiling["read_and_prepare"]
-    print(f"\nPreprocessing {images:,} images ({args.data}), median of {args.repeats}")
-    print(
-        f"Ceiling on one core: read + prepare_image {per_core:.0f} img/s; forced decode + "
-        f"re-encode of every image {ceiling['decode_and_reencode']:.0f} img/s"
-    )
-    reencode = ceiling["decode_and_reencode"]
-    print(
-        "| variant | images/s | per job vs read + prepare_image | per job vs decode + re-encode "
-        "| vs 1 job |"
-    )
-    print("|---|---|---|---|---|")
-    for name, rate in rates.items():
-        jobs, baseline, _ = variants[name]
-        print(
-            f"| {name} | {rate:.0f} | {100 * rate / jobs / per_core:.0f} % "
-            f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[baseline]:.2f}x |"
-        )
-    print(
-        "\nInside the Snakemake runs (each job's wall time from its benchmark file; a shard job's "
-        "rate includes its process start-up, the stage's alone does not)"
-    )
-    print(
-        "| variant | wall s | index job s | shard jobs s (sum) | shard_index job s "
-        "| shard job img/s | vs prepare_image | vs re-encode | shard stage img/s | cores busy |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, m in median.items():
-        if "shard_job_img_s" not in m:
-            continue
-        print(
-            f"| {name} | {m['wall_s']:.1f} | {m['index_s']:.2f} | {m['shard_jobs_s']:.2f} "
-            f"| {m['shard_index_s']:.2f} | {m['shard_job_img_s']:.0f} "
-            f"| {100 * m['shard_job_img_s'] / per_core:.0f} % "
-            f"| {100 * m['shard_job_img_s'] / reencode:.0f} % | {m['shard_stage_img_s']:.0f} "
-            f"| {100 * m['cores_busy']:.0f} % |"
-        )
-    write_benchmark_report(
+    report = write_benchmark_report(
         args.work.parent / "preprocess.json",
         "preprocess",
         args,
@@ -259,6 +203,66 @@ def main() -> None:
         runs=runs,
         images_per_s=rates,
     )
+    print(f"\nPreprocessing {images:,} images ({args.data}), median of {args.repeats}")
+    print(
+        f"Ceiling on one core: read + prepare_image {ceiling['read_and_prepare']:.0f} img/s; "
+        f"forced decode + re-encode of every image {ceiling['decode_and_reencode']:.0f} img/s"
+    )
+    print(markdown(report))
+    print(
+        "Inside the Snakemake runs (each job's wall time from its benchmark file; a shard job's "
+        "rate includes its process start-up, the stage's alone does not)"
+    )
+    print(snakemake_markdown(report))
+
+
+def _jobs(name: str) -> int:
+    """Parallel jobs of a variant: "stages, 2 shard jobs" and "--cores 2" run two."""
+    return 2 if "2 shard jobs" in name or "--cores 2" in name else 1
+
+
+def _one_job(name: str) -> str:
+    """The one-job variant a variant scales from."""
+    return name.replace("2 shard jobs", "1 process").replace("--cores 2", "--cores 1")
+
+
+def markdown(report: dict) -> str:
+    """The first table of docs/performance.md, from the report's JSON."""
+    rates, ceiling = report["images_per_s"], report["ceiling_img_s"]
+    per_core, reencode = ceiling["read_and_prepare"], ceiling["decode_and_reencode"]
+    lines = [
+        "| variant | images/s | per job vs read + prepare_image | per job vs decode + re-encode "
+        "| vs 1 job |",
+        "|---|---|---|---|---|",
+    ]
+    for name, rate in rates.items():
+        jobs = _jobs(name)
+        lines.append(
+            f"| {name} | {rate:,.0f} | {100 * rate / jobs / per_core:.0f} % "
+            f"| {100 * rate / jobs / reencode:.0f} % | {rate / rates[_one_job(name)]:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def snakemake_markdown(report: dict) -> str:
+    """The second table: inside the Snakemake runs, from each job's benchmark file."""
+    reencode = report["ceiling_img_s"]["decode_and_reencode"]
+    lines = [
+        "| variant | wall s | index job s | shard jobs s (sum) | shard_index job s "
+        "| shard job img/s | vs re-encode | shard stage img/s | cores busy |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in report["runs"].items():
+        m = {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        if "shard_job_img_s" not in m:
+            continue
+        lines.append(
+            f"| {name.replace(' shards', '')} | {m['wall_s']:.1f} | {m['index_s']:.2f} "
+            f"| {m['shard_jobs_s']:.2f} | {m['shard_index_s']:.2f} | {m['shard_job_img_s']:,.0f} "
+            f"| {100 * m['shard_job_img_s'] / reencode:.0f} % | {m['shard_stage_img_s']:,.0f} "
+            f"| {100 * m['cores_busy']:.0f} % |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ def machine_description() -> str:
 
 def write_benchmark_report(
     path: Path, benchmark: str, args: argparse.Namespace, **fields: Any
-) -> None:
+) -> dict[str, Any]:
     """`path` <- JSON of the benchmark's results, with its arguments and the machine and torch
-    version it ran on."""
+    version it ran on; returns that report (what each benchmark's `markdown` renders)."""
     import torch
 
     report = {"benchmark": benchmark, "machine": machine_description()}
@@ -33,3 +33,4 @@ def write_benchmark_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_json(path, report)
     print(f"\nwrote {path}")
+    return report

@@ -121,25 +121,42 @@ def main() -> None:
             "seconds_per_rank": seconds,
             f"bytes_at_{args.ranks}_ranks": at_scale,
         }
-    print(
-        f"\nResuming {args.processes} gloo processes from one {args.arch} checkpoint "
-        f"({size / 1e6:.1f} MB), bytes read per rank (the larger of {args.repeats} repeats)"
-    )
-    print(f"| way | rank 0 | each other rank | all {args.processes} | at {args.ranks} ranks |")
-    print("|---|---|---|---|---|")
-    for way, r in results.items():
-        others = statistics.mean(r["bytes_per_rank"][1:])
-        print(
-            f"| {way} | {r['bytes_per_rank'][0] / 1e6:.1f} MB | {others / 1e6:.1f} MB | "
-            f"{r['bytes_in_all'] / 1e6:.0f} MB | {r[f'bytes_at_{args.ranks}_ranks'] / 1e9:.2f} GB |"
-        )
-    write_benchmark_report(
+    report = write_benchmark_report(
         args.out / "resume_reads.json",
         "resume_reads",
         args,
         checkpoint_bytes=size,
         results=results,
     )
+    print(
+        f"\nResuming {args.processes} gloo processes from one {args.arch} checkpoint "
+        f"({size / 1e6:.1f} MB), bytes read per rank (the larger of {args.repeats} repeats)"
+    )
+    print(markdown(report))
+
+
+def markdown(report: dict) -> str:
+    """The table of docs/performance.md, from the report's JSON."""
+    processes, ranks = report["args"]["processes"], int(report["args"]["ranks"])
+    lines = [
+        f"| way | rank 0 | each other rank | all {processes} ranks | {ranks:,} ranks "
+        "| seconds per rank |",
+        "|---|---|---|---|---|---|",
+    ]
+    for way, r in report["results"].items():
+        read = r["bytes_per_rank"]
+        others = statistics.mean(read[1:])
+        at_scale = r[f"bytes_at_{ranks}_ranks"]
+        seconds = r["seconds_per_rank"]
+        lines.append(
+            f"| {way} | {read[0] / 1e6:.1f} MB | {_size(others)} | {r['bytes_in_all'] / 1e6:,.0f} "
+            f"MB | {at_scale / 1e9:,.2f} GB | {min(seconds):.2f}-{max(seconds):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _size(count: float) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e3:.1f} kB"
 
 
 if __name__ == "__main__":

@@ -342,17 +342,36 @@ def main() -> None:
                 steps[world][f"{key}_interval"] = median_interval(paired)
     optim = optimizer_only(args)
 
+    report = write_benchmark_report(
+        args.out / "trainer_step.json",
+        "trainer_step",
+        args,
+        step_ms=steps,
+        optimizer_ms=optim,
+    )
     print(
         f"\nTraining step, {args.arch} at {args.size} px, batch {args.batch} per process, "
         f"{args.steps} steps x {args.repeats} interleaved repeats: median ms/step, and the "
         "median of the per-repeat ratios to the plain loops (to the RMSprop one for the RMSprop "
         "phase only) with its bootstrap 95 % interval; min-max in the JSON"
     )
-    print(
-        "| processes | step | ms/step | vs plain SGD loop | vs plain RMSprop loop "
-        "| vs ours, SGD phase |"
-    )
-    print("|---|---|---|---|---|---|")
+    print(markdown(report))
+    n_params = sum(p.numel() for p in torchvision.models.get_model(args.arch).parameters())
+    print(f"\nOptimizer step alone, {args.arch} ({n_params / 1e6:.1f} M parameters), ms")
+    print(optimizer_markdown(report))
+
+
+COLUMNS = {
+    "_vs_plain": "vs plain SGD loop",
+    "_vs_plain_rmsprop": "vs plain RMSprop loop",
+    "_vs_ours_sgd_phase": "vs ours, SGD phase",
+}
+
+
+def markdown(report: dict) -> str:
+    """The step table of docs/performance.md, from the report's JSON: the columns of the
+    comparisons the run made."""
+    steps = report["step_ms"]
 
     def ratio(s: dict, key: str) -> str:
         if key not in s:
@@ -360,29 +379,29 @@ def main() -> None:
         low, high = s[f"{key}_interval"]
         return f"{s[key]:.3f}x ({low:.3f}-{high:.3f})"
 
+    keys = [k for k in COLUMNS if any(f"{v}{k}" in s for s in steps.values() for v in VARIANTS)]
+    lines = [
+        "| processes | step | ms/step | " + " | ".join(COLUMNS[k] for k in keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
     for world, s in steps.items():
-        for baseline in args.baselines:
-            print(f"| {world} | {BASELINES[baseline][0]} | {s[baseline]:.1f} | | | |")
-        for phase in (v for v in args.variants if v in s):
-            print(
-                f"| {world} | {VARIANTS[phase][0]} | {s[phase]:.1f} "
-                f"| {ratio(s, f'{phase}_vs_plain')} | {ratio(s, f'{phase}_vs_plain_rmsprop')} "
-                f"| {ratio(s, f'{phase}_vs_ours_sgd_phase')} |"
+        for baseline in (b for b in BASELINES if b in s):
+            lines.append(
+                f"| {world} | {BASELINES[baseline][0]} | {s[baseline]:,.1f} |" + " |" * len(keys)
             )
-    n_params = sum(p.numel() for p in torchvision.models.get_model(args.arch).parameters())
-    print(f"\nOptimizer step alone, {args.arch} ({n_params / 1e6:.1f} M parameters), ms")
-    print("| optimizer | ms/step | vs torch.optim.SGD |")
-    print("|---|---|---|")
+        for variant in (v for v in VARIANTS if v in s):
+            cells = "".join(f" {ratio(s, f'{variant}{k}')} |".replace("  |", " |") for k in keys)
+            lines.append(f"| {world} | {VARIANTS[variant][0]} | {s[variant]:,.1f} |{cells}")
+    return "\n".join(lines) + "\n"
+
+
+def optimizer_markdown(report: dict) -> str:
+    """The optimizer-step table of docs/performance.md, from the report's JSON."""
+    optim = report["optimizer_ms"]
     sgd = optim["torch.optim.SGD momentum"]
-    for name, ms in optim.items():
-        print(f"| {name} | {ms:.1f} | {ms / sgd:.2f}x |")
-    write_benchmark_report(
-        args.out / "trainer_step.json",
-        "trainer_step",
-        args,
-        step_ms=steps,
-        optimizer_ms=optim,
-    )
+    lines = ["| optimizer | ms/step | vs torch.optim.SGD |", "|---|---|---|"]
+    lines += [f"| {name} | {ms:.1f} | {ms / sgd:.2f}x |" for name, ms in optim.items()]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
