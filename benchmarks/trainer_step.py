@@ -58,9 +58,10 @@ from pipeline.ports import free_port  # noqa: E402
 from pipeline.tracking import Journal, Tracker  # noqa: E402
 from pipeline.train.distributed import DistEnv, all_reduce_sum, wrap_ddp  # noqa: E402
 from pipeline.train.host_memory import retain_freed_memory  # noqa: E402
+from pipeline.train.lars import LARS  # noqa: E402
 from pipeline.train.model import build_model, param_groups  # noqa: E402
 from pipeline.train.noise_scale import NoiseProbe  # noqa: E402
-from pipeline.train.optim import LARS, HybridRMSpropSGD  # noqa: E402
+from pipeline.train.optim import HybridRMSpropSGD  # noqa: E402
 from pipeline.train.step import TrainStep  # noqa: E402
 
 LOG_EVERY = 10  # the TrainConfig default

@@ -40,9 +40,10 @@ from pipeline.train.distributed import (
 )
 from pipeline.train.evaluate import evaluate
 from pipeline.train.export import export_model, model_card
+from pipeline.train.lars import LARS
 from pipeline.train.model import build_model, param_groups, to_device
 from pipeline.train.noise_scale import NoiseProbe, noise_estimates
-from pipeline.train.optim import LARS, HybridRMSpropSGD
+from pipeline.train.optim import HybridRMSpropSGD
 from pipeline.train.schedules import Schedule
 from pipeline.train.step import TrainStep
 
@@ -75,7 +76,14 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
     o = config.optimizer
     groups = param_groups(model, o.weight_decay)
     if o.name == "lars":
-        return LARS(groups, config.base_lr, o.momentum, eeta=o.eeta, eps=o.lars_eps)
+        return LARS(
+            groups,
+            config.base_lr,
+            o.momentum,
+            eeta=o.eeta,
+            eps=o.lars_eps,
+            compiled=config.train.compile_optimizer,
+        )
     # sgd and rmsprop are the hybrid with alpha_SGD held at 1 or 0 (the schedule does that)
     return HybridRMSpropSGD(
         groups,

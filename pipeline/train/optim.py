@@ -1,7 +1,7 @@
-"""The optimizers: the paper's hybrid RMSprop warm-up moving smoothly to momentum SGD, and
-LARS as the MLPerf reference defines it.
+"""The paper's hybrid optimizer: RMSprop warm-up moving smoothly to momentum SGD (LARS is in
+pipeline/train/lars.py).
 
-The hybrid optimizer, per parameter and iteration (Akiba et al., appendix A; docs/design.md),
+Per parameter and iteration (Akiba et al., appendix A; docs/design.md),
 with g the gradient plus weight_decay * theta (Chainer's WeightDecay hook adds it first):
 
     m     = mu2 * m + (1 - mu2) * g^2
@@ -248,77 +248,3 @@ def _fused_update(
 def _compiled_update() -> Callable[..., None]:
     """Compiled on first use, so that importing this module does not import the compiler."""
     return torch.compile(_fused_update, fullgraph=True, dynamic=False)
-
-
-class LARS(Optimizer):
-    """Layer-wise Adaptive Rate Scaling (You et al. 2017) as the MLPerf ResNet-50 reference
-    defines it. Per tensor, with w the weights and g the gradient:
-
-        trust = eeta * |w| / (|g| + weight_decay * |w| + eps)   (1 unless both norms > 0)
-        v     = momentum * v + lr * trust * (g + weight_decay * w)
-        w     = w - v
-
-    Groups with `adapt: False` (BatchNorm parameters and biases) take plain momentum steps,
-    v = momentum * v + lr * g, with neither trust ratio nor weight decay. The learning rate
-    sits inside the momentum buffer, unlike torch.optim.SGD, so a changing lr does not rescale
-    the momentum already gathered. The norms stay on the device: no host synchronisation.
-    """
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-        eeta: float = 0.001,
-        eps: float = 0.0,
-    ) -> None:
-        if lr < 0:
-            raise ValueError(f"lr must not be negative, got {lr}")
-        defaults = dict(
-            lr=lr, momentum=momentum, weight_decay=weight_decay, eeta=eeta, eps=eps, adapt=True
-        )
-        super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            grads = [p.grad for p in params]
-            if any(g.is_sparse for g in grads):
-                raise RuntimeError("LARS does not support sparse gradients")
-            buffers = []
-            for p in params:
-                state = self.state[p]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros_like(
-                        p, memory_format=torch.preserve_format
-                    )
-                buffers.append(state["momentum_buffer"])
-            lr, momentum = group["lr"], group["momentum"]
-            if not group["adapt"]:
-                for p, g, v in zip(params, grads, buffers, strict=True):
-                    v.mul_(momentum).add_(g, alpha=lr)
-                    p.sub_(v)
-                continue
-            wd, eeta, eps = group["weight_decay"], group["eeta"], group["eps"]
-            weight_norms = torch._foreach_norm(params)
-            grad_norms = torch._foreach_norm(grads)
-            for p, g, v, w_norm, g_norm in zip(
-                params, grads, buffers, weight_norms, grad_norms, strict=True
-            ):
-                trust = torch.where(
-                    (w_norm > 0) & (g_norm > 0),
-                    eeta * w_norm / (g_norm + wd * w_norm + eps),
-                    torch.ones_like(w_norm),
-                )
-                update = g.add(p, alpha=wd) if wd else g
-                v.mul_(momentum).addcmul_(update, trust, value=lr)
-                p.sub_(v)
-        return loss

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.train.optim import LARS, HybridRMSpropSGD
+from pipeline.train.lars import LARS
+from pipeline.train.optim import HybridRMSpropSGD
 
 MU1, MU2, EPS, LR_RMS = 0.9, 0.99, 1e-8, 3e-4
 
@@ -254,7 +255,15 @@ def lars_trajectory():
     return weight0, bias0, weight_grads, bias_grads, lrs.tolist()
 
 
-def test_lars_follows_the_mlperf_formulas_over_many_steps(lars_trajectory):
+LARS_FORMS = {
+    "per tensor": {"foreach": False},
+    "foreach": {"foreach": True},
+    "compiled": {"compiled": True},
+}
+
+
+@pytest.mark.parametrize("form", LARS_FORMS)
+def test_lars_follows_the_mlperf_formulas_over_many_steps(lars_trajectory, form):
     weight0, bias0, weight_grads, bias_grads, lrs = lars_trajectory
     weight = torch.nn.Parameter(torch.tensor(weight0))
     bias = torch.nn.Parameter(torch.tensor(bias0))
@@ -262,7 +271,9 @@ def test_lars_follows_the_mlperf_formulas_over_many_steps(lars_trajectory):
         {"params": [weight], "weight_decay": WD, "adapt": True},
         {"params": [bias], "weight_decay": 0.0, "adapt": False},
     ]
-    got_weight, got_bias = run_lars(groups, [weight_grads, bias_grads], lrs, eeta=EETA)
+    got_weight, got_bias = run_lars(
+        groups, [weight_grads, bias_grads], lrs, eeta=EETA, **LARS_FORMS[form]
+    )
     want_weight = lars_reference(weight0, weight_grads, lrs, adapt=True)
     want_bias = lars_reference(bias0, bias_grads, lrs, adapt=False)
     for got, want in ((got_weight, want_weight), (got_bias, want_bias)):
@@ -305,12 +316,14 @@ def test_lars_trust_ratio_is_one_for_zero_norm_tensors(zero):
     torch.testing.assert_close(param.detach(), w - 0.1 * grad)  # trust 1: a plain step
 
 
-def test_lars_resumes_bit_identical_from_its_state_dict(lars_trajectory):
+@pytest.mark.parametrize("form", LARS_FORMS)
+def test_lars_resumes_bit_identical_from_its_state_dict(lars_trajectory, form):
     weight0, _, weight_grads, _, lrs = lars_trajectory
 
     def fresh():
         param = torch.nn.Parameter(torch.tensor(weight0, dtype=torch.float32))
-        return param, LARS([{"params": [param], "weight_decay": WD}], lr=lrs[0])
+        group = {"params": [param], "weight_decay": WD}
+        return param, LARS([group], lr=lrs[0], **LARS_FORMS[form])
 
     def steps(param, opt, indices):
         for i in indices:
@@ -328,3 +341,22 @@ def test_lars_resumes_bit_identical_from_its_state_dict(lars_trajectory):
     opt2.load_state_dict(state)
     steps(resumed, opt2, range(100, 200))
     assert torch.equal(param, resumed)
+
+
+def test_the_three_lars_forms_agree_on_many_tensors():
+    """Each form over a group of tensors of other shapes (ResNet-like: a conv, a linear, a
+    vector), with one all-zero gradient among them: the same weights to float32 rounding."""
+    shapes = [(8, 4, 3, 3), (10, 16), (16,), (4, 4)]
+    results = []
+    for form in LARS_FORMS.values():
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+        opt = LARS([{"params": params, "weight_decay": WD}], lr=2.0, **form)
+        for step in range(20):
+            for i, p in enumerate(params):
+                p.grad = torch.zeros_like(p) if i == 3 else torch.randn_like(p) * 0.01
+            opt.param_groups[0]["lr"] = 2.0 * (1 - step / 20)
+            opt.step()
+        results.append(torch.cat([p.detach().flatten() for p in params]))
+    for other in results[1:]:
+        torch.testing.assert_close(other, results[0], rtol=1e-5, atol=1e-6)
