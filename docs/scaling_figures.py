@@ -29,7 +29,7 @@ def _fitted(quantity: str, points: list[dict], size_key: str, key: str, target: 
     import sys
 
     sys.path.insert(0, str(f.ROOT))
-    from benchmarks.scale import growth_row
+    from benchmarks.scale_inputs import growth_row
 
     sizes = [float(p[size_key]) for p in points]
     return growth_row(quantity, "", sizes, [float(p[key]) for p in points], target, "")

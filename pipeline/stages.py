@@ -218,7 +218,7 @@ def evaluate(config: Config, checkpoint: Path | None = None) -> dict[str, Any]:
 
 def compare(config: Config, summaries: Iterable[Path] | None = None) -> None:
     """summary.md and summary.png over several experiments' reports."""
-    from pipeline.report import write_comparison
+    from pipeline.compare import write_comparison
 
     write_comparison(config, None if summaries is None else list(summaries))
     say(f"compare: wrote {ComparisonPaths.of(config).markdown}")

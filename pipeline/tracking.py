@@ -1,14 +1,10 @@
-"""Experiment tracking: MLflow on rank 0, and a local journal that never loses a metric.
+"""Experiment tracking: MLflow on rank 0, behind the journal (pipeline/journal.py) that never
+loses a metric.
 
 Every metric goes first to `metrics.jsonl` (append, flush), then to MLflow from a background
 thread, so a slow or unreachable tracking server never stalls a training step. If MLflow fails,
 training goes on with a warning, and `python -m pipeline sync-mlflow` (also run by the report
 stage) later copies into the store whatever it lacks, without duplicates.
-
-Journal records, one JSON object per line:
-    {"type": "run", "run_id": ..., "experiment": ..., "run_name": ..., "params": {}, "tags": {}}
-    {"type": "metrics", "scope": "epoch" | "iteration", "step": N, "time_ms": T, "metrics": {...}}
-    {"type": "datasets", "datasets": [{"name": ..., "digest": ..., "source": ..., ...}]}
 """
 
 from __future__ import annotations
@@ -26,15 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError, first_line
+from pipeline.journal import Journal, metric_rows, scope_prefix
 
-# One MLflow key space per step kind; system metrics per node: "system/node_3".
-SCOPE_PREFIX = {"epoch": "", "iteration": "iter/", "system": "system/"}
 MLFLOW_BATCH = 1000  # metrics per log_batch request: the MLflow REST API's limit
-
-
-def scope_prefix(scope: str) -> str:
-    return SCOPE_PREFIX.get(scope, f"{scope}/")
-
 
 MLFLOW_ENV = {
     # Fail fast on an unreachable server instead of retrying for minutes inside training.
@@ -52,55 +42,6 @@ def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
-
-
-class Journal:
-    """`metrics.jsonl`: append-only, one record per line."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-    def append(self, record: dict[str, Any], sync: bool = False) -> None:
-        self.append_many([record], sync)
-
-    def append_many(self, records: list[dict[str, Any]], sync: bool = False) -> None:
-        """Several records in one write (a line each)."""
-        with open(self.path, "a") as handle:
-            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-            handle.flush()
-            if sync:
-                os.fsync(handle.fileno())
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash; everything before it is intact
-        return records
-
-    def run_id(self) -> str | None:
-        ids = [r["run_id"] for r in self.read() if r.get("type") == "run" and r.get("run_id")]
-        return ids[-1] if ids else None
-
-    def logged_steps(self) -> set[tuple[str, int]]:
-        return {(r["scope"], r["step"]) for r in self.read() if r.get("type") == "metrics"}
-
-
-def metric_rows(records: list[dict[str, Any]]) -> list[tuple[str, float, int, int]]:
-    """(mlflow key, value, timestamp ms, step) for every metric in the journal."""
-    rows = []
-    for record in records:
-        if record.get("type") != "metrics":
-            continue
-        prefix = scope_prefix(record["scope"])
-        for key, value in record["metrics"].items():
-            rows.append((prefix + key, float(value), int(record["time_ms"]), int(record["step"])))
-    return rows
 
 
 def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:

@@ -14,6 +14,7 @@ import os
 import warnings
 from bisect import bisect_right
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +23,12 @@ import pyarrow as pa
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from pipeline.config import Config
 from pipeline.data.batch_pool import PooledBatch, SharedBatchPool, pooled_uint8_batch
-from pipeline.data.samplers import SampleKeys
+from pipeline.data.samplers import EvalBatchSampler, SampleKeys, TrainBatchSampler
 from pipeline.data.shards import ShardError, open_checked, row_checksum
-from pipeline.data.transforms import Transform
+from pipeline.data.transforms import TrainTransform, Transform, ValTransform
+from pipeline.paths import DataPaths
 
 # Shard rows are read-only memory maps and Pillow's arrays read-only views; both are only read.
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
@@ -149,3 +152,37 @@ def make_loader(
         persistent_workers=persistent and workers > 0,
         prefetch_factor=prefetch_batches if workers > 0 else None,
     )
+
+
+@dataclass
+class Feed:
+    """What one process trains and validates on: both splits' datasets, its share of each
+    (the samplers), and their loaders."""
+
+    train_set: ShardDataset
+    val_set: ShardDataset
+    sampler: TrainBatchSampler
+    train: DataLoader
+    val: DataLoader
+
+    @classmethod
+    def of(cls, config: Config, rank: int, world_size: int, pin_memory: bool) -> Feed:
+        data, t = DataPaths.of(config), config.train
+        train_set = ShardDataset(
+            data.shard_dir("train"), TrainTransform.from_config(config.data, config.seed)
+        )
+        val_set = ShardDataset(data.shard_dir("val"), ValTransform.from_config(config.data))
+        sampler = TrainBatchSampler(
+            len(train_set), t.batch_per_worker, world_size, rank, t.accumulate, config.seed
+        )
+        workers = config.data.loader_workers
+        val_sampler = EvalBatchSampler(len(val_set), t.val_batch, world_size, rank)
+        return cls(
+            train_set,
+            val_set,
+            sampler,
+            make_loader(train_set, sampler, workers, pin_memory=pin_memory),
+            # Its workers live only while validating: kept alive, they would hold memory and
+            # processes through training, beside the training loader's.
+            make_loader(val_set, val_sampler, workers, pin_memory=pin_memory, persistent=False),
+        )

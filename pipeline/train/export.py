@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pipeline import atomic
 from pipeline.config import Config
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from pipeline.paths import DataPaths
+from pipeline.paths import DataPaths, RunPaths
 
 
 def model_card(config: Config, num_classes: int, summary: dict[str, Any]) -> dict[str, Any]:
@@ -49,6 +50,28 @@ def model_card(config: Config, num_classes: int, summary: dict[str, Any]) -> dic
             "bias=False) and model.maxpool = nn.Identity() before loading"
         )
     return card
+
+
+def save_final(
+    run: RunPaths,
+    model: nn.Module,
+    config: Config,
+    num_classes: int,
+    fingerprint: str,
+    summary: dict[str, Any],
+) -> None:
+    """final.pt (the weights, with what evaluating them needs) and the exported model."""
+    state = {
+        "model": model.state_dict(),
+        "arch": config.model.arch,
+        "small_input": config.model.small_input,
+        "num_classes": num_classes,
+        "fingerprint": fingerprint,
+        "summary": summary,
+    }
+    with atomic.atomic_path(run.final) as tmp:
+        torch.save(state, tmp)
+    export_model(model, model_card(config, num_classes, summary), run.model_dir)
 
 
 def export_model(model: nn.Module, card: dict[str, Any], folder: Path) -> Path:

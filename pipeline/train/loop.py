@@ -13,21 +13,18 @@ all-reduce carries the loss sums, the NaN check, rank 0's "checkpoint now" and a
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from pipeline.config import Config
-from pipeline.data.loader import ShardDataset, make_loader
-from pipeline.data.samplers import EvalBatchSampler, TrainBatchSampler
-from pipeline.data.transforms import Normalizer, TrainTransform, ValTransform
+from pipeline.data.loader import Feed
+from pipeline.data.transforms import Normalizer
 from pipeline.errors import PipelineError
-from pipeline.paths import DataPaths, RunPaths
+from pipeline.paths import RunPaths
 from pipeline.tracking import Tracker
 from pipeline.train import checkpoint
 from pipeline.train.console import EpochProgress, say
@@ -39,17 +36,12 @@ from pipeline.train.distributed import (
     wrap_ddp,
 )
 from pipeline.train.evaluate import evaluate
-from pipeline.train.export import export_model, model_card
-from pipeline.train.lars import LARS
-from pipeline.train.model import build_model, param_groups, to_device
-from pipeline.train.noise_scale import NoiseProbe, noise_estimates
-from pipeline.train.optim import HybridRMSpropSGD
+from pipeline.train.export import save_final
+from pipeline.train.model import build_model, to_device
+from pipeline.train.noise_scale import NoiseProbe, add_noise_sample, epoch_noise_scale
+from pipeline.train.recipe import build_optimizer, configure_determinism
 from pipeline.train.schedules import Schedule
-from pipeline.train.step import TrainStep
-
-
-class NonFiniteLoss(PipelineError, RuntimeError):
-    """The loss became NaN or infinite; the message names the iteration."""
+from pipeline.train.step import TrainStep, nonfinite_loss
 
 
 class Preempted(Exception):
@@ -63,40 +55,6 @@ class StopFlag:
     requested: bool = False
 
 
-def configure_determinism(deterministic: bool) -> None:
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
-
-
-def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
-    o = config.optimizer
-    groups = param_groups(model, o.weight_decay)
-    if o.name == "lars":
-        return LARS(
-            groups,
-            config.base_lr,
-            o.momentum,
-            eeta=o.eeta,
-            eps=o.lars_eps,
-            compiled=config.train.compile_optimizer,
-        )
-    # sgd and rmsprop are the hybrid with alpha_SGD held at 1 or 0 (the schedule does that)
-    return HybridRMSpropSGD(
-        groups,
-        lr=config.base_lr,
-        alpha_sgd=1.0,
-        lr_rmsprop=o.lr_rmsprop,
-        momentum=o.momentum,
-        rms_decay=o.rms_decay,
-        eps=o.eps,
-        compiled=config.train.compile_optimizer,
-    )
-
-
 class Trainer:
     """Everything one process needs to train: built once, then `fit`."""
 
@@ -108,15 +66,13 @@ class Trainer:
         self.fingerprint = fingerprint
         self.stop = stop or StopFlag()
         self.run = RunPaths.of(config)
-        data = DataPaths.of(config)
         t = config.train
         configure_determinism(t.deterministic)
         torch.manual_seed(config.seed)
 
-        self.train_set = ShardDataset(
-            data.shard_dir("train"), TrainTransform.from_config(config.data, config.seed)
-        )
-        self.val_set = ShardDataset(data.shard_dir("val"), ValTransform.from_config(config.data))
+        feed = Feed.of(config, env.rank, env.world_size, pin_memory=env.device.type == "cuda")
+        self.train_set, self.val_set = feed.train_set, feed.val_set
+        self.sampler, self.train_loader, self.val_loader = feed.sampler, feed.train, feed.val
         self.num_classes = self.train_set.num_classes
         self.model = to_device(
             build_model(config.model, self.num_classes), env.device, t.channels_last
@@ -136,23 +92,6 @@ class Trainer:
         if loaded is not None:
             self._restore(loaded)
 
-        self.sampler = TrainBatchSampler(
-            len(self.train_set),
-            t.batch_per_worker,
-            env.world_size,
-            env.rank,
-            t.accumulate,
-            config.seed,
-        )
-        cuda = env.device.type == "cuda"
-        workers = config.data.loader_workers
-        self.train_loader = make_loader(self.train_set, self.sampler, workers, pin_memory=cuda)
-        eval_sampler = EvalBatchSampler(len(self.val_set), t.val_batch, env.world_size, env.rank)
-        # Its workers live only while validating: kept alive, they would hold memory and
-        # processes through training, beside the training loader's.
-        self.val_loader = make_loader(
-            self.val_set, eval_sampler, workers, pin_memory=cuda, persistent=False
-        )
         self.normalize = Normalizer(env.device, t.channels_last)
         self.schedule = Schedule(config)
         # The noise scale needs two batch sizes: micro-batch and minibatch must differ.
@@ -259,7 +198,7 @@ class Trainer:
                 "epoch_time_s": before_resume_s + (time.monotonic() - start),
                 "images_per_s": images / max(train_s, 1e-9),
                 "data_wait_fraction": p.epoch_wait_s / max(train_s, 1e-9),
-                **self._epoch_noise_scale(),
+                **epoch_noise_scale(p.noise_sums),
             }
             p.history.append({"epoch": p.epoch, **metrics})
             p.wall_time_s += metrics["epoch_time_s"]
@@ -338,9 +277,17 @@ class Trainer:
                 reduced = all_reduce_sum([*interval.tolist(), *flags, *norms], self.env.device)
                 loss_sum, correct, images, bad, save_now, stop_now, small_sq, big_sq = reduced
                 if bad:
-                    self._raise_nonfinite(losses, p.iteration - len(interval_losses), epoch)
+                    first = p.iteration - len(interval_losses)
+                    raise nonfinite_loss(losses, first, steps, self.last_checkpoint)
                 if self.noise is not None:
-                    self._add_noise_sample(small_sq, big_sq)
+                    t = self.config.train
+                    add_noise_sample(
+                        p.noise_sums,
+                        small_sq / (t.accumulate * self.env.world_size),
+                        big_sq / self.env.world_size,
+                        t.batch_per_worker,
+                        self.sampler.global_batch,
+                    )
                 elapsed = now - tick
                 p.epoch_train_s += elapsed
                 p.epoch_wait_s += waits[0]
@@ -365,48 +312,6 @@ class Trainer:
                 tick = time.monotonic()
         shown.close()
         return last_save
-
-    def _add_noise_sample(self, small_sq_sum: float, big_sq_sum: float) -> None:
-        """One measured step, summed over the ranks: every micro-batch's squared gradient
-        norm, and the minibatch gradient's (the same on every rank)."""
-        t, world = self.config.train, self.env.world_size
-        trace, grad_sq = noise_estimates(
-            small_sq_sum / (t.accumulate * world),
-            big_sq_sum / world,
-            t.batch_per_worker,
-            self.sampler.global_batch,
-        )
-        sums = self.progress.noise_sums
-        sums[0] += trace
-        sums[1] += grad_sq
-        sums[2] += 1
-
-    def _epoch_noise_scale(self) -> dict[str, float]:
-        """B_simple over the epoch's samples; nothing when |G|^2 did not come out positive
-        (noise swamped the signal: there is no number to report)."""
-        trace, grad_sq, samples = self.progress.noise_sums
-        if not samples or grad_sq <= 0:
-            return {}
-        return {
-            "noise_scale": trace / grad_sq,
-            "noise_trace": trace / samples,
-            "noise_grad_sq": grad_sq / samples,
-        }
-
-    def _raise_nonfinite(self, losses: torch.Tensor, first_iteration: int, epoch: int) -> None:
-        local = torch.nonzero(~torch.isfinite(losses))
-        mine = first_iteration + int(local[0]) if local.numel() else 2**62
-        first = torch.tensor([mine], dtype=torch.int64, device=losses.device)
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(first, op=dist.ReduceOp.MIN)
-        iteration = int(first)
-        steps = self.sampler.steps_per_epoch
-        where = f"epoch {iteration // steps}, step {iteration % steps}" if steps else ""
-        kept = self.last_checkpoint or "none yet"
-        raise NonFiniteLoss(
-            f"the training loss became NaN/Inf at iteration {iteration} ({where}); training "
-            f"stopped. Last good checkpoint: {kept}. Lower schedule.base_lr or check the data."
-        )
 
     def evaluate(self) -> dict[str, float]:
         # The network itself, not the DDP wrapper: no buffer broadcasts, no gradient hooks.
@@ -437,19 +342,12 @@ class Trainer:
         }
 
     def save_final(self) -> None:
-        if not self.env.is_main:
-            return
-        from pipeline import atomic
-
-        state = {
-            "model": self.model.state_dict(),
-            "arch": self.config.model.arch,
-            "small_input": self.config.model.small_input,
-            "num_classes": self.num_classes,
-            "fingerprint": self.fingerprint,
-            "summary": self.summary(),
-        }
-        with atomic.atomic_path(self.run.final) as tmp:
-            torch.save(state, tmp)
-        card = model_card(self.config, self.num_classes, state["summary"])
-        export_model(self.model, card, self.run.model_dir)
+        if self.env.is_main:
+            save_final(
+                self.run,
+                self.model,
+                self.config,
+                self.num_classes,
+                self.fingerprint,
+                self.summary(),
+            )

@@ -29,6 +29,30 @@ def noise_estimates(
     return trace, grad_sq
 
 
+def add_noise_sample(
+    sums: list[float], small_sq: float, big_sq: float, batch_small: int, batch_big: int
+) -> None:
+    """Add one measured step to the epoch's `sums` (tr(Sigma), |G|^2, samples): the mean
+    squared gradient norm of a micro-batch and of the minibatch, over all ranks."""
+    trace, grad_sq = noise_estimates(small_sq, big_sq, batch_small, batch_big)
+    sums[0] += trace
+    sums[1] += grad_sq
+    sums[2] += 1
+
+
+def epoch_noise_scale(sums: list[float]) -> dict[str, float]:
+    """B_simple over the epoch's samples; nothing when |G|^2 did not come out positive (noise
+    swamped the signal: there is no number to report)."""
+    trace, grad_sq, samples = sums
+    if not samples or grad_sq <= 0:
+        return {}
+    return {
+        "noise_scale": trace / grad_sq,
+        "noise_trace": trace / samples,
+        "noise_grad_sq": grad_sq / samples,
+    }
+
+
 class NoiseProbe:
     """Squared gradient norms of one process's micro-batches and of the averaged minibatch
     gradient, on the steps asked to measure; on the others it does nothing.

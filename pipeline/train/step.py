@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from pipeline.errors import PipelineError
 from pipeline.train.distributed import bn_buffers
 from pipeline.train.noise_scale import NoiseProbe
 
@@ -123,3 +126,26 @@ class TrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return step_loss / self.accumulate
+
+
+class NonFiniteLoss(PipelineError, RuntimeError):
+    """The loss became NaN or infinite; the message names the iteration."""
+
+
+def nonfinite_loss(
+    losses: torch.Tensor, first_iteration: int, steps_per_epoch: int, last_checkpoint: Any
+) -> NonFiniteLoss:
+    """Collective: the error naming the first iteration, on any rank, whose loss was NaN/Inf
+    (`losses` are this rank's since `first_iteration`) and the last good checkpoint."""
+    local = torch.nonzero(~torch.isfinite(losses))
+    mine = first_iteration + int(local[0]) if local.numel() else 2**62
+    first = torch.tensor([mine], dtype=torch.int64, device=losses.device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+    iteration, steps = int(first), steps_per_epoch
+    where = f"epoch {iteration // steps}, step {iteration % steps}" if steps else ""
+    return NonFiniteLoss(
+        f"the training loss became NaN/Inf at iteration {iteration} ({where}); training "
+        f"stopped. Last good checkpoint: {last_checkpoint or 'none yet'}. Lower "
+        "schedule.base_lr or check the data."
+    )

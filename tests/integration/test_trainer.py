@@ -14,9 +14,9 @@ from pipeline.launch import run_fingerprint
 from pipeline.paths import RunPaths
 from pipeline.tracking import Journal
 from pipeline.train.distributed import init_distributed, shutdown_distributed
-from pipeline.train.loop import NonFiniteLoss, Preempted, StopFlag, Trainer
+from pipeline.train.loop import Preempted, StopFlag, Trainer
 from pipeline.train.model import build_model
-from pipeline.train.step import TrainStep
+from pipeline.train.step import NonFiniteLoss, TrainStep
 from training_runs import (
     RANK_VARIABLES,
     epoch_metrics,

@@ -2,10 +2,11 @@ import json
 
 import pytest
 
+from pipeline.compare import write_comparison
 from pipeline.config_files import config_from_mapping
 from pipeline.errors import PipelineError
 from pipeline.paths import ComparisonPaths
-from pipeline.report import plot_curves, write_comparison
+from pipeline.report import plot_curves
 
 
 def _summary(experiment, method, batch, seed, top1, noise_scale=None):

@@ -1,6 +1,7 @@
 """Tracking: where MLflow puts a run's artifacts, and which MLflow key each journal scope gets."""
 
-from pipeline.tracking import create_run, metric_rows, mlflow_client
+from pipeline.journal import metric_rows
+from pipeline.tracking import create_run, mlflow_client
 
 
 def test_artifacts_stay_beside_the_sqlite_store_whatever_the_working_folder(tmp_path, monkeypatch):
