@@ -44,6 +44,7 @@ bench: $(STAMP)
 	python benchmarks/loader.py --varied
 	python benchmarks/preprocess.py
 	python benchmarks/trainer_step.py
+	python benchmarks/lars_step.py --repeats 40
 	python benchmarks/allreduce.py
 	python benchmarks/allreduce_precision.py
 	python benchmarks/resume_reads.py

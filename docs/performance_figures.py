@@ -125,6 +125,18 @@ def goals_table() -> str:
     default_faults = statistics_median([{"x": m} for m in memory["default"]["median_faults"]], "x")
     kept_faults = max(memory["retained"]["median_faults"])
     plan = f.performance("plan.json")["check_against_paper"]
+    lars = f.performance("lars_step.json")["results"]
+    vs_sgd = {
+        k.split(" / ")[0]: (v, lars["intervals"][k])
+        for k, v in lars["ratios"].items()
+        if k.endswith("/ torch.optim.SGD")
+    }
+    lars_text = "; ".join(
+        f"{name.removeprefix('LARS, ')} {_interval(v, *interval)}"
+        for name, (v, interval) in vs_sgd.items()
+        if name.startswith("LARS, ")
+    )
+    cpu_default = vs_sgd["LARS, per tensor (CPU default)"][0]
     gpu = (f.PERFORMANCE / "gpu.json").is_file()
     rows = [
         "| benchmark | goal | measured | met |",
@@ -139,6 +151,8 @@ def goals_table() -> str:
         f"ImageNet-sized shards | {_yes(min(large.values()) >= 0.8)} |",
         f"| [training step](#training-step) vs a plain PyTorch loop | <= 1.03x | {training} | "
         f"{training_met} |",
+        f"| [LARS step](#lars-step) vs torch.optim.SGD's, ResNet-50's shapes | <= 1.3x | "
+        f"{lars_text} | {_yes(cpu_default <= 1.3)} (the CPU default) |",
         f"| [fp16 all-reduce](#gradient-all-reduce) bytes | half of fp32 | "
         f"{allreduce['results']['fp16']['bytes_per_step']:,} vs "
         f"{allreduce['results']['fp32']['bytes_per_step']:,} bytes per step | {_yes(half)} |",

@@ -8,13 +8,15 @@ it. Per tensor, with w the weights and g the gradient:
 Groups with `adapt: False` (BatchNorm parameters and biases) take plain momentum steps,
 v = momentum * v + lr * g, with neither trust ratio nor weight decay. The learning rate sits
 inside the momentum buffer, unlike torch.optim.SGD, so a changing lr does not rescale the
-momentum already gathered. The norms stay on the device: no host synchronisation.
+momentum already gathered.
 
 Three forms of the same arithmetic, as the hybrid optimizer has: fused `torch._foreach_*`
-kernels over a group's tensors (the norms stacked, every trust ratio one tensor), the default
-on GPUs; a loop over the tensors, the default on CPUs, where each tensor stays in cache through
-its few operations; and `compiled=True` (`train.compile_optimizer`), one torch.compile'd pass
-per tensor after its two norms. The tests hold all three to a float64 reference.
+kernels over a group's tensors (the norms stacked, every trust ratio one tensor, all on the
+device: no host synchronisation), the default on GPUs; a loop over the tensors with each trust
+ratio a Python number, the default on CPUs, where each tensor stays in cache through its few
+operations and reading a norm synchronises nothing; and `compiled=True`
+(`train.compile_optimizer`), one torch.compile'd pass per tensor after its two norms. The
+tests hold all three to a float64 reference.
 """
 
 from __future__ import annotations
@@ -133,10 +135,16 @@ def _trust(w_norm, g_norm, weight_decay: float, eeta: float, eps: float) -> torc
 
 
 def _plain_lars(params, grads, buffers, lr, momentum, weight_decay, eeta, eps) -> None:
+    """One tensor at a time, its trust ratio a Python number: on a CPU, where reading a norm
+    costs no device synchronisation, that spares a handful of tiny kernels per tensor and the
+    temporary g + weight_decay * w."""
     for p, g, v in zip(params, grads, buffers, strict=True):
-        trust = _trust(p.norm(), g.norm(), weight_decay, eeta, eps)
-        update = g.add(p, alpha=weight_decay) if weight_decay else g
-        v.mul_(momentum).addcmul_(update, trust, value=lr)
+        w_norm, g_norm = float(p.norm()), float(g.norm())
+        ok = w_norm > 0 and g_norm > 0
+        scale = lr * (eeta * w_norm / (g_norm + weight_decay * w_norm + eps) if ok else 1.0)
+        v.mul_(momentum).add_(g, alpha=scale)
+        if weight_decay:
+            v.add_(p, alpha=scale * weight_decay)
         p.sub_(v)
 
 
