@@ -178,3 +178,23 @@ def statistics_median(runs: list[dict], key: str = "shard_job_img_s") -> float:
 
 def _yes(met: bool) -> str:
     return "yes" if met else "no"
+
+
+def loader_profile_table() -> str:
+    """The loader profile before and after, side by side."""
+    runs = {"before": "loader_profile_before.json", "after": "loader_profile.json"}
+    data = {name: f.performance(path) for name, path in runs.items()}
+    rows = [
+        ("images/s", "images_per_s", "{:,.0f}"),
+        ("wall ms per batch", "wall_ms_per_batch", "{:.1f}"),
+        ("consumer CPU ms per batch", "consumer_cpu_ms_per_batch", "{:.2f}"),
+        ("workers' CPU us per image", "worker_cpu_us_per_image", "{:.0f}"),
+        ("the ceiling's us per image (one-core loop)", "ceiling_us_per_image", "{:.0f}"),
+        ("workers busy (share of the wall time)", "workers_busy", "{:.0%}"),
+        ("cores busy", "cores_busy", "{:.0%}"),
+    ]
+    lines = ["| per batch of 64, 2 workers | before | after |", "|---|---|---|"]
+    for label, key, form in rows:
+        cells = " | ".join(form.format(data[name][key]).replace("%", " %") for name in runs)
+        lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines) + "\n"

@@ -24,6 +24,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 
 from pipeline.config import DataConfig
 
+# What F.interpolate(mode="bilinear", antialias=True) runs, called with `out=`: ATen's op.
+_resize_antialiased = torch.ops.aten._upsample_bilinear2d_aa.out
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -74,15 +77,16 @@ def decode_resized_crop(
         crop = (left * sx, top * sy, (left + box_w) * sx, (top + box_h) * sy)
         resized = image.convert("RGB").resize((out_w, out_h), Image.Resampling.BILINEAR, box=crop)
         pixels = torch.from_numpy(np.asarray(resized))
-    else:
-        chw = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8), mode=ImageReadMode.RGB)
-        region = chw[:, top : top + box_h, left : left + box_w].unsqueeze(0)
-        region = region.contiguous(memory_format=torch.channels_last)  # the fast uint8 kernel
-        resized = F.interpolate(
-            region, size=(out_h, out_w), mode="bilinear", antialias=True, align_corners=False
-        )
-        pixels = resized[0].permute(1, 2, 0)
-    out.copy_(pixels.flip(1) if flip else pixels)
+        out.copy_(pixels.flip(1) if flip else pixels)
+        return
+    chw = decode_jpeg(torch.frombuffer(jpeg, dtype=torch.uint8), mode=ImageReadMode.RGB)
+    region = chw[:, top : top + box_h, left : left + box_w].unsqueeze(0)
+    if flip:  # mirroring the crop mirrors the resized image, pixel for pixel
+        region = region.flip(3)
+    region = region.contiguous(memory_format=torch.channels_last)  # the fast uint8 kernel
+    # F.interpolate(bilinear, antialias) writing straight into `out`, whose H x W x 3 memory
+    # is a channels-last 1 x 3 x H x W image: no resized copy to move into the batch after.
+    _resize_antialiased(region, [out_h, out_w], False, None, None, out=out.permute(2, 0, 1)[None])
 
 
 class TrainTransform:

@@ -71,6 +71,32 @@ def test_draft_decoding_of_a_strongly_downscaled_crop_matches_a_full_decode(ilsv
     assert diff < 6, float(diff)
 
 
+def test_a_crop_written_into_its_batch_slot_is_torchvisions_resized_crop(ilsvrc_sample):
+    """The crop is resized straight into its slot of the batch (a view of shared memory), and
+    a flip mirrors the crop before resizing: pixel for pixel what torchvision's
+    resized_crop(antialias) and hflip give."""
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms.v2 import functional as TF
+
+    data = next(iter(sorted(ilsvrc_sample.glob("train/*/*.JPEG")))).read_bytes()
+    width, height = jpeg_size(data)
+    assert width > 100 and height > 100
+    image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+    batch = torch.zeros(4, 48, 48, 3, dtype=torch.uint8)
+    # crops below twice the output (the draft-decode path is compared above), up and down
+    cases = [
+        ((1, 2, 80, 90), False),
+        ((5, 9, 40, 61), True),
+        ((30, 20, 70, 50), False),
+        ((1, 2, 80, 90), True),
+    ]
+    for slot, (box, flip) in enumerate(cases):
+        decode_resized_crop(memoryview(data), (width, height), box, batch[slot], flip=flip)
+        expected = TF.resized_crop(image, *box, [48, 48], antialias=True)
+        expected = TF.horizontal_flip(expected) if flip else expected
+        assert torch.equal(batch[slot], expected.permute(1, 2, 0)), (box, flip)
+
+
 def test_train_augmentation_depends_only_on_seed_epoch_and_index(shards):
     dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=5))
     a, _ = dataset.__getitems__(SampleKeys(epoch=1, indices=[3, 4]))
