@@ -114,10 +114,21 @@ def parse_meta_mat(data: bytes, source: str) -> dict[int, tuple[str, str]]:
     except Exception as err:  # scipy raises several types for a bad file
         raise LayoutError(f"{source}: cannot read the synsets table: {err}") from None
     id_map = {}
-    for synset in synsets.ravel():
-        if int(synset["num_children"]) == 0:
-            id_map[int(synset["ILSVRC2012_ID"])] = (str(synset["WNID"]), str(synset["words"]))
+    try:
+        for synset in synsets.ravel():
+            if int(synset["num_children"]) == 0:
+                id_map[int(synset["ILSVRC2012_ID"])] = (
+                    _mat_text(synset["WNID"]),
+                    _mat_text(synset["words"]),
+                )
+    except (KeyError, ValueError, TypeError, IndexError) as err:
+        raise LayoutError(f"{source}: the synsets table is not the devkit's: {err}") from None
     return id_map
+
+
+def _mat_text(value: object) -> str:
+    """A MATLAB char field as loadmat gives it: a str, or an empty array for ''."""
+    return "" if getattr(value, "size", 1) == 0 else str(value)
 
 
 def read_class_lines(lines: list[str], source: str) -> tuple[list[str], dict[str, str]]:

@@ -20,6 +20,7 @@ shard stage turns into a quarantine entry, so nothing disappears silently.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tarfile
@@ -183,16 +184,20 @@ def read_tar(root: Path) -> Scan:
     for tar_path in (train_tar, val_tar):
         if not tar_path.is_file():
             raise LayoutError(f"tar layout: {tar_path} not found")
-    with tarfile.open(train_tar, mode="r:") as outer:
-        for member in outer:
+    with _tar_errors(train_tar), tarfile.open(train_tar, mode="r:") as outer:
+        for member in _whole_tar(outer, train_tar):
             if not member.isfile():
                 continue
             if not member.name.endswith(".tar"):
                 scan.ignored.append(f"{TRAIN_TAR}{TAR_SEP}{member.name}")
                 continue
             wnid = Path(member.name).name[: -len(".tar")]
-            with tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner:
-                for item in inner:
+            inner_name = f"{train_tar}{TAR_SEP}{member.name}"
+            with (
+                _tar_errors(inner_name),
+                tarfile.open(fileobj=outer.extractfile(member), mode="r:") as inner,
+            ):
+                for item in _whole_tar(inner, inner_name):
                     rel = f"{TRAIN_TAR}{TAR_SEP}{member.name}{TAR_SEP}{item.name}"
                     if item.isfile() and is_image_name(item.name):
                         offset = member.offset_data + item.offset_data
@@ -222,8 +227,34 @@ def read_tar(root: Path) -> Scan:
 
 
 def _iter_tar_files(path: Path) -> Iterator[tarfile.TarInfo]:
-    with tarfile.open(path, mode="r:") as tar:
-        yield from (m for m in tar if m.isfile())
+    with _tar_errors(path), tarfile.open(path, mode="r:") as tar:
+        yield from (m for m in _whole_tar(tar, path) if m.isfile())
+
+
+def _whole_tar(tar: tarfile.TarFile, name: str | Path) -> Iterator[tarfile.TarInfo]:
+    """Every member, then proof the archive reached its zero end block: tarfile stops quietly
+    at a damaged header or a cut at a header boundary, which would drop every image after it."""
+    yield from tar
+    tar.fileobj.seek(tar.offset)
+    block = tar.fileobj.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE or any(block):
+        raise LayoutError(
+            f"tar layout: {name} stops at byte {tar.offset} without its end-of-archive block "
+            f"(after {len(tar.members)} members): a header there is damaged or the file is cut "
+            "short, so what follows cannot be listed; copy it again"
+        )
+
+
+@contextlib.contextmanager
+def _tar_errors(name: str | Path) -> Iterator[None]:
+    """A tar that cannot be read (damaged, cut short, not a tar) as an error naming it."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError) as err:
+        raise LayoutError(
+            f"tar layout: {name} cannot be read as a tar ({err}): it is damaged or cut short; "
+            "copy it again"
+        ) from None
 
 
 READERS: dict[str, Callable[[Path], Scan]] = {
