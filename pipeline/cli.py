@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from pipeline import atomic, stages
+from pipeline import atomic, cancel, stages
 from pipeline.config import Config, ConfigError
 from pipeline.config_files import SCHEMA_PATH, load_config, schema_text
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, file_fault_line
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -254,8 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # A file name that is not UTF-8 prints as \xNN rather than ending the stage.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(errors="backslashreplace")
+    if args.stage != "train":  # train's job handles its own signals (checkpoint, requeue)
+        cancel.unwind_on_sigterm()
     try:
         return args.func(args)
     except (PipelineError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        print(f"error: {file_fault_line(args.stage, err)}", file=sys.stderr)
+        return 2
+    except cancel.Cancelled as stop:
+        print(f"{args.stage}: {stop}; its temporary files are removed", file=sys.stderr)
+        cancel.die_of(stop.signum)
+        raise  # not reached: the signal ends the process

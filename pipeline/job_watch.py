@@ -12,7 +12,7 @@ from typing import Any
 import submitit
 
 from pipeline.config import Config
-from pipeline.errors import PipelineError
+from pipeline.errors import FILE_FAULT_MARK, PipelineError
 from pipeline.paths import RunPaths
 
 ALIVE_SLURM_STATES = {
@@ -101,6 +101,16 @@ def _srun_errors(job: submitit.Job, folder: Path) -> list[str]:
     return list(dict.fromkeys(line for line in lines if line.startswith("srun: error:")))[:10]
 
 
+def _file_fault(job: submitit.Job, folder: Path) -> str | None:
+    """The one line a task printed for a file-system error (a full disk, a quota), if any."""
+    mark = f"{FILE_FAULT_MARK}train: "
+    for log in sorted(folder.glob(f"{job.job_id}_*_log.err")):
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(mark):
+                return line[len(FILE_FAULT_MARK) :]
+    return None
+
+
 def _failure_report(job: submitit.Job, state: str, folder: Path) -> str:
     stderrs = sorted(folder.glob(f"{job.job_id}_*_log.err"))
     failing = _crash_log(job, folder) or (stderrs[0] if stderrs else None)
@@ -132,6 +142,9 @@ def wait_for(job: submitit.Job, config: Config, folder: Path, attached: bool) ->
         return job.results()[0]  # rank 0's summary (every task returns one)
     except Exception as err:  # FailedJobError, UncompletedJobError, ...
         _end_mlflow_run(config, job, state, crashed=_crash_log(job, folder) is not None)
+        fault = _file_fault(job, folder)
+        if fault is not None:  # a full disk, a quota: the whole story in one line
+            raise TrainFailed(f"{fault} (training job {job.job_id}, logs in {folder})") from None
         raise TrainFailed(f"{_failure_report(job, state, folder)}\n{err}") from None
 
 

@@ -9,10 +9,13 @@ Journal records, one JSON object per line:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+
+from pipeline import atomic
 
 # One MLflow key space per step kind; system metrics per node: "system/node_3".
 SCOPE_PREFIX = {"epoch": "", "iteration": "iter/", "system": "system/"}
@@ -35,11 +38,21 @@ class Journal:
 
     def append_many(self, records: list[dict[str, Any]], sync: bool = False) -> None:
         """Several records in one write (a line each)."""
-        with open(self.path, "a") as handle:
-            handle.write("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-            handle.flush()
-            if sync:
-                os.fsync(handle.fileno())
+        data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
+        with atomic.errors_naming(self.path), open(self.path, "ab", buffering=0) as handle:
+            start = handle.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view) :]
+                if sync:
+                    os.fsync(handle.fileno())
+            except OSError:
+                # Back to whole lines (a full disk may have taken half of one), so the next
+                # append does not run into a torn record.
+                with contextlib.suppress(OSError):
+                    handle.truncate(start)
+                raise
 
     def read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():

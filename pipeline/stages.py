@@ -11,10 +11,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config, ConfigError
+from pipeline.errors import DataStageError
 from pipeline.paths import SPLITS, ComparisonPaths, ReportPaths, RunPaths
 
 
@@ -79,6 +81,7 @@ def shard(config: Config, split: str, number: int) -> dict[str, Any]:
 
 def all_shards(config: Config, jobs: int) -> dict[str, Any]:
     """Every shard of both splits in `jobs` processes, then the shard index (by hand)."""
+    from pipeline.cancel import init_worker, run_in_worker, stop_children
     from pipeline.data.sharding import build_shard
 
     tasks = [(s, i) for s in SPLITS for i in range(getattr(config.data.num_shards, s))]
@@ -86,10 +89,20 @@ def all_shards(config: Config, jobs: int) -> dict[str, Any]:
         for split, number in tasks:
             _say_shard(build_shard(config, split, number))
     else:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(build_shard, config, s, i) for s, i in tasks]
-            for future in futures:
-                _say_shard(future.result())
+        with ProcessPoolExecutor(max_workers=jobs, initializer=init_worker) as pool:
+            futures = [pool.submit(run_in_worker, build_shard, config, s, i) for s, i in tasks]
+            try:
+                for future in futures:
+                    _say_shard(future.result())
+            except BaseException as err:  # a failed shard or SIGTERM: stop the others now
+                pool.shutdown(wait=False, cancel_futures=True)
+                stop_children()
+                if isinstance(err, BrokenProcessPool):
+                    raise DataStageError(
+                        "a shard process died without a result (killed by a signal or out of "
+                        "memory): see the messages above, then rerun"
+                    ) from None
+                raise
     return shard_index(config)
 
 

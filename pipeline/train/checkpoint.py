@@ -74,11 +74,42 @@ def set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> 
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+class _WriteErrorKept:
+    """torch.save's file. torch reports a failed write (a full disk, a quota) only as
+    "unexpected pos"; this keeps the OSError, which names the cause, to raise instead."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def torch_save(obj: Any, path: Path) -> None:
+    """torch.save to `path`, failing with the OSError of a failed write."""
+    with open(path, "wb", buffering=0) as handle:  # unbuffered: no second failure on close
+        sink = _WriteErrorKept(handle)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is None:
+                raise
+            raise sink.error from None
+
+
 def save(directory: Path, state: dict[str, Any], keep: int) -> Path:
     """Write `state` atomically as ckpt-e<epoch>-s<step>.pt; keep the newest `keep` files."""
     path = directory / checkpoint_name(state["epoch"], state["step"])
     with atomic.atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **state}, tmp)
+        torch_save({"format_version": FORMAT_VERSION, **state}, tmp)
     for old in list_checkpoints(directory)[:-keep]:
         old.unlink(missing_ok=True)
     return path

@@ -15,13 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from pipeline import atomic
 from pipeline.config import Config
 from pipeline.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from pipeline.paths import DataPaths, RunPaths
+from pipeline.train.checkpoint import torch_save
 
 
 def model_card(config: Config, num_classes: int, summary: dict[str, Any]) -> dict[str, Any]:
@@ -70,20 +70,20 @@ def save_final(
         "summary": summary,
     }
     with atomic.atomic_path(run.final) as tmp:
-        torch.save(state, tmp)
+        torch_save(state, tmp)
     export_model(model, model_card(config, num_classes, summary), run.model_dir)
 
 
 def export_model(model: nn.Module, card: dict[str, Any], folder: Path) -> Path:
     """Write model.safetensors and model.json into `folder`; returns the weights' path."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     folder.mkdir(parents=True, exist_ok=True)
     # contiguous CPU copies: safetensors refuses views that share memory
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     weights = folder / "model.safetensors"
-    with atomic.atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"arch": card["arch"], "format": "pt"})
+    with atomic.atomic_path(weights) as tmp:  # bytes first: a failed write is then an OSError
+        tmp.write_bytes(save(state, metadata={"arch": card["arch"], "format": "pt"}))
     atomic.write_text(folder / "model.json", json.dumps(card, indent=2) + "\n")
     return weights
 

@@ -18,7 +18,7 @@ from typing import Any
 import submitit
 
 from pipeline.config import Config
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import FILE_FAULT_MARK, PipelineError, file_fault_line, first_line
 from pipeline.hardware import cpu_name
 from pipeline.paths import RunPaths
 
@@ -140,9 +140,14 @@ class TrainJob(submitit.helpers.Checkpointable):
             sys.exit(0)
         except Exception as err:  # a crash, the NaN check, a lost rank: the run says why
             if not peer_lost(err):
+                reason = f"{type(err).__name__}: {first_line(err, 400)}"
+                if isinstance(err, OSError):  # a full disk, a quota: the launcher shows this line
+                    reason = file_fault_line("train", err)
                 if tracker is not None:
-                    reason = f"{type(err).__name__}: {first_line(err, 400)}"
                     tracker.set_tag("end_reason", reason)
+                if isinstance(err, OSError):
+                    print(f"{FILE_FAULT_MARK}{reason}", file=sys.stderr, flush=True)
+                    raise SystemExit(2) from None  # the line says it all; no traceback
                 raise
             lost = LostRank(
                 f"rank {env.rank} on {socket.gethostname()} lost contact with the other ranks "

@@ -1,6 +1,7 @@
 """`python -m pipeline train` as a user runs it: submitit's local executor, 2 gloo processes,
 the embedded digits demo, MLflow read back through its own client."""
 
+import errno
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT, demo_config, free_port, mlflow_server, run_stage
+from faults import assert_one_line_fault, size_limited
 from pipeline.config_files import load_config
 from pipeline.paths import ReportPaths, RunPaths
 from pipeline.tracking import Journal
@@ -294,3 +296,31 @@ def test_the_requeue_signal_checkpoints_requeues_and_resumes(finished, demo_shar
     client = MlflowClient(config.tracking_uri)
     experiment = client.get_experiment_by_name(config.experiment)
     assert len(client.search_runs([experiment.experiment_id])) == 1
+
+
+def test_a_checkpoint_over_the_size_limit_ends_train_in_one_line_and_a_rerun_finishes(
+    demo_shards, tmp_path
+):
+    """As a full disk would: the checkpoint (0.4 MB with the optimizer's state) cannot be
+    written, the journal's lines can; the tracking server's disk is another."""
+    port = free_port()
+    path = demo_config(tmp_path, demo_shards, tracking={"uri": f"http://127.0.0.1:{port}"})
+    config = load_config(path)
+    command = [sys.executable, "-m", "pipeline", "train", "--config", str(path)]
+    with mlflow_server(port, tmp_path / "server") as uri:
+        result = subprocess.run(
+            command, cwd=PROJECT, capture_output=True, text=True, preexec_fn=size_limited(300_000)
+        )
+        line = assert_one_line_fault(result, "train", os.strerror(errno.EFBIG))
+        assert str(RunPaths.of(config).checkpoints) in line and "(training job " in line, line
+        assert list((tmp_path / "results" / "runs").rglob(".*.tmp")) == []
+        run_id = Journal(RunPaths.of(config).journal).run_id()
+        run = MlflowClient(uri).get_run(run_id)
+        assert run.info.status == "FAILED" and run.data.tags["end_reason"] in line
+        # The first checkpoint failed, so the rerun starts afresh, keeping what the first made.
+        again = train(path)
+        assert "no checkpoint to resume from; the previous run is kept" in again.stderr
+        new_run = Journal(RunPaths.of(config).journal).run_id()
+        assert MlflowClient(uri).get_run(new_run).info.status == "FINISHED"
+        assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"  # as it ended
+    assert json.loads(RunPaths.of(config).train_done.read_text())["epochs"] == EPOCHS
