@@ -3,10 +3,14 @@ plus `classes.json` (label -> wnid and name) and a summary of what was found.
 
 Files found = manifest rows (+ non-image files, reported as ignored): an image without a usable
 label keeps its row, with label -1 and the reason, for the shard stage to quarantine.
+
+Linux file names are bytes, not text: a name that is not UTF-8 (a copy unpacked on another
+system) is stored readable in `path`, with its exact bytes in `raw_path` for the shard stage.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pyarrow as pa
@@ -27,8 +31,29 @@ MANIFEST_SCHEMA = pa.schema(
         ("bytes", pa.int64()),
         ("offset", pa.int64()),  # byte offset inside the outer tar; -1 for a plain file
         ("problem", pa.string()),  # why the row has no usable label (null when it has one)
+        ("raw_path", pa.binary()),  # the path's bytes when they are not UTF-8, else null
     ]
 )
+
+
+def readable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 (surrogate escapes) become `\\xNN`."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def raw_bytes(name: str) -> bytes | None:
+    """The name's bytes on disk when they are not UTF-8 (so `readable` lost them), else None."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name)
+    return None
+
+
+def source_path(row: dict[str, Any]) -> str:
+    """The path to open for a manifest row: from `raw_path` when the name is not UTF-8."""
+    raw = row.get("raw_path")
+    return row["path"] if raw is None else os.fsdecode(raw)
 
 
 def write_manifest(config: Config) -> dict[str, Any]:
@@ -48,7 +73,7 @@ def write_manifest(config: Config) -> dict[str, Any]:
         "num_classes": len(classes.wnids),
         "class_source": classes.source,
         "splits": {},
-        "ignored_files": scan.ignored,
+        "ignored_files": [readable(name) for name in scan.ignored],
     }
     for split in SPLITS:
         rows = sorted((p for p in labelled if p[0].split == split), key=lambda p: p[0].path)
@@ -56,13 +81,14 @@ def write_manifest(config: Config) -> dict[str, Any]:
             raise DataStageError(f"no {split} images found under {root} ({scan.layout} layout)")
         table = pa.table(
             {
-                "path": [e.path for e, _ in rows],
+                "path": [readable(e.path) for e, _ in rows],
                 "label": [label for _, label in rows],
-                "wnid": [e.wnid for e, _ in rows],
+                "wnid": [readable(e.wnid) for e, _ in rows],
                 "split": [split] * len(rows),
                 "bytes": [e.size for e, _ in rows],
                 "offset": [e.offset for e, _ in rows],
-                "problem": [e.problem for e, _ in rows],
+                "problem": [e.problem and readable(e.problem) for e, _ in rows],
+                "raw_path": [raw_bytes(e.path) for e, _ in rows],
             },
             schema=MANIFEST_SCHEMA,
         )
@@ -77,7 +103,7 @@ def write_manifest(config: Config) -> dict[str, Any]:
             "num_classes": len(classes.wnids),
             "source": classes.source,
             "classes": [
-                {"index": i, "wnid": w, "name": n}
+                {"index": i, "wnid": readable(w), "name": readable(n)}
                 for i, (w, n) in enumerate(zip(classes.wnids, classes.names, strict=True))
             ],
         },

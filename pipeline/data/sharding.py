@@ -22,6 +22,7 @@ from pipeline import atomic
 from pipeline.config import Config
 from pipeline.data import layouts
 from pipeline.data.images import BadImage, prepare_image
+from pipeline.data.manifest import source_path
 from pipeline.data.shards import (
     FORMAT_VERSION,
     ShardWriter,
@@ -75,7 +76,7 @@ def build_shard(config: Config, split: str, index: int) -> dict[str, Any]:
                 quarantine("no usable label", row["path"], row["problem"])
                 continue
             try:
-                raw = reader.read(row["path"], row["offset"], row["bytes"])
+                raw = reader.read(source_path(row), row["offset"], row["bytes"])
             except OSError as err:
                 quarantine("unreadable source file", row["path"], str(err))
                 continue
