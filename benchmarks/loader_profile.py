@@ -54,8 +54,7 @@ def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
     wall = time.perf_counter() - start
     consumer_cpu = time.process_time() - own_before
     worker_cpu = sum(
-        (c.cpu_times().user + c.cpu_times().system)
-        - (before[c.pid].user + before[c.pid].system)
+        (c.cpu_times().user + c.cpu_times().system) - (before[c.pid].user + before[c.pid].system)
         for c in children
     )
     text = io.StringIO()
