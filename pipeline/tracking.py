@@ -10,7 +10,6 @@ stage) later copies into the store whatever it lacks, without duplicates.
 from __future__ import annotations
 
 import json
-import os
 import queue
 import sys
 import threading
@@ -23,14 +22,9 @@ from typing import Any
 
 from pipeline.errors import PipelineError, first_line
 from pipeline.journal import Journal, metric_rows, scope_prefix
+from pipeline.mlflow_store import experiment_id, mlflow_client
 
 MLFLOW_BATCH = 1000  # metrics per log_batch request: the MLflow REST API's limit
-
-MLFLOW_ENV = {
-    # Fail fast on an unreachable server instead of retrying for minutes inside training.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
 
 
 def flatten(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -64,38 +58,13 @@ def dataset_inputs(datasets: list[dict[str, Any]]) -> list[Any]:
     ]
 
 
-def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (slow)
-    """A client that fails fast on an unreachable server (`MLFLOW_ENV`)."""
-    for key, value in MLFLOW_ENV.items():
-        os.environ.setdefault(key, value)
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-def artifact_location(uri: str, experiment: str) -> str | None:
-    """Where a new experiment keeps its artifacts: with a SQLite store, `mlartifacts/<experiment>`
-    beside the database file, so that the results folder holds everything (MLflow's default,
-    `./mlruns`, is whatever folder the creating process ran in). A server decides for itself."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    database = Path(uri.removeprefix("sqlite:///")).resolve()
-    return (database.parent / "mlartifacts" / experiment).as_uri()
-
-
 def create_run(
     uri: str, experiment: str, run_name: str, params: dict[str, Any], tags: dict[str, str]
 ) -> str:
     from mlflow.entities import Param
 
     client = mlflow_client(uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else client.create_experiment(experiment, artifact_location(uri, experiment))
-    )
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run = client.create_run(experiment_id(client, uri, experiment), run_name=run_name, tags=tags)
     params_list = [Param(k, str(v)[:6000]) for k, v in params.items()]
     for i in range(0, len(params_list), 100):
         client.log_batch(run.info.run_id, params=params_list[i : i + 100])
