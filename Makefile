@@ -49,6 +49,7 @@ bench: $(STAMP)
 	python benchmarks/allreduce_precision.py
 	python benchmarks/resume_reads.py
 	python benchmarks/host_memory.py
+	python benchmarks/mlflow_concurrency.py
 	python -m pipeline plan --check-paper --json results/bench/plan.json
 
 # About 7 min on 2 cores; scratch files in the temporary folder (SCALE_WORK=... elsewhere).

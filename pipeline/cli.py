@@ -159,6 +159,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tracking_server(args: argparse.Namespace) -> int:
+    from pipeline.tracking_server import serve
+
+    serve(args.folder, args.store, args.host, args.port, args.pg_port, args.workers)
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     """The JSON schema and config/README.md, both generated from pipeline/config.py."""
     from pipeline.config_reference import REFERENCE_PATH, reference_text
@@ -243,6 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=1_281_167, help="training images")
     p.add_argument("--check-paper", action="store_true", help="compare with the paper's run")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as JSON")
+    p = stage(
+        "tracking-server",
+        cmd_tracking_server,
+        "an MLflow server for many jobs: PostgreSQL store, proxied artifacts, until Ctrl-C",
+    )
+    p.add_argument("--folder", type=Path, required=True, help="its store and artifacts")
+    p.add_argument("--store", choices=["postgresql", "sqlite"], default="postgresql")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--pg-port", type=int, default=5433, help="PostgreSQL's, on 127.0.0.1")
+    p.add_argument("--workers", type=int, default=4, help="the MLflow server's processes")
     p = stage("schema", cmd_schema, "print, write or check the config's schema and reference")
     group = p.add_mutually_exclusive_group()
     group.add_argument(

@@ -1,12 +1,17 @@
 """Opening an MLflow store as many trainings at once do: fail fast on an unreachable server,
 a new SQLite store's tables made by one process at a time, an experiment created by two at
-once, and where a SQLite store's artifacts go."""
+once, where a SQLite store's artifacts go, and a check of a run in the store against its
+journal."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+from pipeline.journal import Journal, scope_prefix
 
 MLFLOW_ENV = {
     # Fail fast on an unreachable server instead of retrying for minutes inside training.
@@ -63,3 +68,32 @@ def artifact_location(uri: str, experiment: str) -> str | None:
         return None
     database = Path(uri.removeprefix("sqlite:///")).resolve()
     return (database.parent / "mlartifacts" / experiment).as_uri()
+
+
+def journal_metrics(records: list[dict[str, Any]]) -> dict[tuple[str, int], float]:
+    """(MLflow key, step) -> value of every metric a journal holds."""
+    return {
+        (scope_prefix(r["scope"]) + key, r["step"]): value
+        for r in records
+        if r.get("type") == "metrics"
+        for key, value in r["metrics"].items()
+    }
+
+
+def compare_with_journal(client, run_id: str, journal: Journal) -> Counter[str]:
+    """How the run's metrics in the store match its journal: counts of the journal's values
+    found `once`, `missing`, `more than once`, and stored with an `other value`."""
+    expected = journal_metrics(journal.read())
+    stored: Counter[tuple[str, int]] = Counter()
+    values = {}
+    for key in {k for k, _ in expected}:
+        for metric in client.get_metric_history(run_id, key):
+            stored[(key, metric.step)] += 1
+            values[(key, metric.step)] = metric.value
+    counts: Counter[str] = Counter()
+    for item, value in expected.items():
+        found = stored[item]
+        counts["once" if found == 1 else "missing" if found == 0 else "more than once"] += 1
+        if found and values[item] != value:
+            counts["other value"] += 1
+    return counts

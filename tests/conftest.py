@@ -188,11 +188,12 @@ def planned_rules(dry_run_output: str) -> set[str]:
 @contextlib.contextmanager
 def mlflow_server(port: int, folder: Path, store: Path | None = None):
     """A real `mlflow server` on 127.0.0.1:port with a SQLite store (new in `folder`)."""
-    from pipeline.tracking_server import local_server
+    from pipeline import tracking_server
 
     folder.mkdir(parents=True, exist_ok=True)
-    with local_server(
-        store or folder / "mlflow.db", port, folder / "server.log", folder / "artifacts"
+    store_uri = f"sqlite:///{(store or folder / 'mlflow.db').resolve()}"
+    with tracking_server.mlflow_server(
+        store_uri, port, folder / "server.log", folder / "artifacts"
     ) as url:
         yield url
 

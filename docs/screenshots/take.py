@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 from pipeline.ports import free_port  # noqa: E402
-from pipeline.tracking_server import local_server  # noqa: E402
+from pipeline.tracking_server import mlflow_server  # noqa: E402
 
 DRAW_MS = 10_000  # charts of a few thousand points draw within this on 2 CPU cores
 
@@ -82,7 +82,8 @@ def main() -> None:
     parser.add_argument("--experiment", required=True, help="MLflow experiment name")
     parser.add_argument("--out", type=Path, default=HERE)
     args = parser.parse_args()
-    with local_server(args.store, free_port(), args.out / "server.log") as base:
+    store_uri = f"sqlite:///{args.store.resolve()}"
+    with mlflow_server(store_uri, free_port(), args.out / "server.log") as base:
         experiment_id, run_id = newest_finished_run(base, args.experiment)
         args.out.mkdir(parents=True, exist_ok=True)
         photograph(base, experiment_id, run_id, args.out)
