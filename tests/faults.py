@@ -8,6 +8,9 @@ import signal
 import subprocess
 from collections.abc import Callable
 
+# What root must give up for a permission check to apply to it (`setpriv --bounding-set`).
+NO_BYPASS = "-dac_override,-dac_read_search,-fowner"
+
 
 def size_limited(limit: int) -> Callable[[], None]:
     """A preexec_fn: files may grow to `limit` bytes; past it a write fails with EFBIG instead

@@ -4,6 +4,7 @@ the embedded digits demo, MLflow read back through its own client."""
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import PROJECT, demo_config, free_port, mlflow_server, run_stage
-from faults import assert_one_line_fault, size_limited
+from faults import NO_BYPASS, assert_one_line_fault, size_limited
 from pipeline.config_files import load_config
 from pipeline.paths import ReportPaths, RunPaths
 from pipeline.tracking import Journal
@@ -324,3 +325,25 @@ def test_a_checkpoint_over_the_size_limit_ends_train_in_one_line_and_a_rerun_fin
         assert MlflowClient(uri).get_run(new_run).info.status == "FINISHED"
         assert MlflowClient(uri).get_run(run_id).info.status == "FAILED"  # as it ended
     assert json.loads(RunPaths.of(config).train_done.read_text())["epochs"] == EPOCHS
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not here")
+def test_report_and_evaluate_name_the_file_they_cannot_write_and_a_rerun_finishes(finished):
+    config, _ = finished
+    path = config.results_path.parent / "config.yaml"  # written by demo_config
+    folder = ReportPaths.of(config).summary.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)  # and root's bypass dropped, where the tests run as root
+    wrap = ["setpriv", f"--bounding-set={NO_BYPASS}", "--"] if os.geteuid() == 0 else []
+    try:
+        for stage in ("report", "evaluate"):
+            command = [*wrap, sys.executable, "-m", "pipeline", stage, "--config", str(path)]
+            result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True)
+            line = assert_one_line_fault(result, stage, os.strerror(errno.EACCES))
+            assert f"{folder}/" in line and "fix the permissions" in line
+            assert not list(folder.iterdir())
+    finally:
+        folder.chmod(0o755)
+    for stage in ("report", "evaluate"):
+        run_stage(stage, "--config", str(path))
+    assert json.loads(ReportPaths.of(config).summary.read_text())["mlflow_run_id"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT, write_config
-from faults import assert_one_line_fault, size_limited
+from faults import NO_BYPASS, assert_one_line_fault, size_limited
 from pipeline.config_files import load_config
 from pipeline.journal import Journal
 from pipeline.paths import DataPaths
@@ -29,7 +29,6 @@ from synthetic import write_image_tree
 # 0.27 kB), larger than the files written before it.
 STAGE_LIMITS = {"index": 1000, "shard": 10_000, "shard-index": 700, "verify": 200}
 STAGES = [["index"], ["shard", "--jobs", "2"], ["shard-index"], ["verify"]]
-NO_BYPASS = "-dac_override,-dac_read_search,-fowner"
 
 
 def stage(args: list[str], config: Path, *, limit: int | None = None, wrap: list[str] = ()):
