@@ -56,12 +56,11 @@ def wait_for_start(process: subprocess.Popen, log: Path) -> None:
 def server():
     """The documented command, as a user starts it, on a folder PostgreSQL's user can reach."""
     if not glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", "postgresql"],
-            check=True,
-            capture_output=True,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "postgresql"]
+        if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True, env=env)
+            subprocess.run(install, check=True, capture_output=True, env=env)
     folder = Path(tempfile.mkdtemp(prefix="pipeline-tracking-"))
     folder.chmod(0o755)
     port, log = free_port(), folder / "command.log"
