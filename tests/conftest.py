@@ -200,9 +200,9 @@ def mlflow_server(port: int, folder: Path, store: Path | None = None):
 
 SLURM_TIER = pytest.mark.skipif(
     os.environ.get("PIPELINE_TEST_SLURM") != "1",
-    reason="the Slurm tier installs and starts Slurm, MariaDB and munge system-wide, makes "
-    "network namespaces and writes /etc/slurm: run it with PIPELINE_TEST_SLURM=1 (as root on "
-    "Debian; .ci/run does)",
+    reason="the Slurm tier installs and starts Slurm, MariaDB, munge and PostgreSQL "
+    "system-wide, makes network namespaces, writes /etc/slurm and mounts a tmpfs: run it with "
+    "PIPELINE_TEST_SLURM=1 (as root on Debian; .ci/run does)",
 )
 CLUSTER_SCRIPT = PROJECT / "tests" / "cluster" / "cluster.sh"
 
