@@ -50,11 +50,11 @@ def one_training(uri: str, journal: Path, name: str, args, out) -> None:
 
     MlflowClient.log_batch = timed  # measures the real call; changes nothing it does
     warnings: list[str] = []
-    print_ = Tracker._fail
+    original_fail = Tracker._fail
 
     def noted(self, err):
         warnings.append(f"{type(err).__name__}: {err}"[:300])
-        print_(self, err)
+        original_fail(self, err)
 
     Tracker._fail = noted
     tracker = Tracker(Journal(journal), uri, EXPERIMENT, name, {"run": name}, {}, None)

@@ -20,6 +20,9 @@ MLFLOW_ENV = {
 }
 
 
+_PREPARED: set[str] = set()  # SQLite stores this process has opened once
+
+
 def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (slow)
     """A client that fails fast on an unreachable server (`MLFLOW_ENV`); a SQLite store is
     made ready by one process at a time."""
@@ -39,9 +42,6 @@ def mlflow_client(uri: str):  # -> mlflow.tracking.MlflowClient, imported late (
         client = MlflowClient(tracking_uri=uri)
     _PREPARED.add(uri)
     return client
-
-
-_PREPARED: set[str] = set()  # SQLite stores this process has opened once
 
 
 def experiment_id(client, uri: str, name: str) -> str:

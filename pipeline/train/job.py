@@ -140,14 +140,17 @@ class TrainJob(submitit.helpers.Checkpointable):
             sys.exit(0)
         except Exception as err:  # a crash, the NaN check, a lost rank: the run says why
             if not peer_lost(err):
-                reason = f"{type(err).__name__}: {first_line(err, 400)}"
-                if isinstance(err, OSError):  # a full disk, a quota: the launcher shows this line
-                    reason = file_fault_line("train", err)
+                file_fault = isinstance(err, OSError)  # a full disk, a quota: one line says it
+                reason = (
+                    file_fault_line("train", err)
+                    if file_fault
+                    else f"{type(err).__name__}: {first_line(err, 400)}"
+                )
                 if tracker is not None:
                     tracker.set_tag("end_reason", reason)
-                if isinstance(err, OSError):
+                if file_fault:  # the launcher finds the line and shows it; no traceback
                     print(f"{FILE_FAULT_MARK}{reason}", file=sys.stderr, flush=True)
-                    raise SystemExit(2) from None  # the line says it all; no traceback
+                    raise SystemExit(2) from None
                 raise
             lost = LostRank(
                 f"rank {env.rank} on {socket.gethostname()} lost contact with the other ranks "
