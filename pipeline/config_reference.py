@@ -27,7 +27,9 @@ refused with the closest known one named, so a typo never falls back to a defaul
 * `config.yaml`: the embedded demo (`make run`), scikit-learn's digits as JPEGs.
 * `experiments/`: ImageNet at the paper's 32k (`imagenet-akiba-32k.yaml`), with LARS
   (`imagenet-lars-32k.yaml`) and Goyal et al.'s 8k (`imagenet-goyal-8k.yaml`); Imagenette;
-  the small-scale study (`reproduce-imagenette*.yaml`, overlays merged in order).
+  the small-scale studies of docs/reproduction.md (`regime-imagenette*.yaml`, 30 epochs at the
+  paper's steps per epoch, and `reproduce-imagenette*.yaml`, 8 epochs; overlays merged in
+  order).
 
 Run one with `snakemake --configfile config/experiments/<name>.yaml`; change single keys with a
 second file (`--configfile exp.yaml mine.yaml`), with `--config 'train={epochs: 30}'`, or, for

@@ -1,5 +1,5 @@
-"""The figures the docs quote from files in the repository (benchmark JSON, the Slurm
-profile, the configs, the workflow's rules) are what those files say now: the docs' cog blocks
+"""The figures the docs quote from files in the repository (benchmark JSON, the study's runs,
+the Slurm profile, the configs, the workflow's rules) are what those files say now: the docs' cog blocks
 (docs/figures.py) would write nothing new."""
 
 import subprocess
@@ -8,7 +8,7 @@ import sys
 from conftest import PROJECT
 
 COGGED = ["README.md", "docs/design.md", "docs/scaling.md", "docs/performance.md",
-          "profiles/slurm/config.yaml"]  # fmt: skip
+          "docs/reproduction.md", "profiles/slurm/config.yaml"]  # fmt: skip
 
 
 def test_every_generated_figure_matches_its_source():
