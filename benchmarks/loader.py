@@ -193,9 +193,12 @@ def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
 
 
 def compare(name: str, image_root: Path, shards: Path, args) -> dict:
+    # The ceilings decode as many images as a loader run delivers: a shorter window would be
+    # the noisiest figure in every ratio on a shared machine.
+    count = args.batches * args.batch
     runs = {
-        "ceiling": lambda repeat: ceiling(shards, 1000),
-        "concurrent_ceiling": lambda repeat: concurrent_ceiling(shards, 1000, args.workers),
+        "ceiling": lambda repeat: ceiling(shards, count),
+        "concurrent_ceiling": lambda repeat: concurrent_ceiling(shards, count, args.workers),
         "imagefolder": lambda repeat: imagefolder_run(
             image_root / "train", args.batch, args.workers, args.batches
         ),
@@ -286,7 +289,7 @@ def markdown(report: dict) -> str:
 
     def share(r: dict, key: str) -> str:
         low, high = r[f"{key}_interval"]
-        return f"{100 * r[key]:.0f} % ({100 * low:.0f}-{100 * high:.0f})"
+        return f"{100 * r[key]:.1f} % ({100 * low:.1f}-{100 * high:.1f})"
 
     for r in report["results"]:
         cells = (

@@ -72,7 +72,8 @@ def plan_table() -> str:
 
 def _interval(value: float, low: float, high: float, percent: bool = False) -> str:
     if percent:
-        return f"{100 * value:.0f} % ({100 * low:.0f}-{100 * high:.0f})"
+        # one decimal: a share a few tenths under its goal must not print as the goal
+        return f"{100 * value:.1f} % ({100 * low:.1f}-{100 * high:.1f})"
     return f"{value:.2f}x ({low:.2f}-{high:.2f})"
 
 
