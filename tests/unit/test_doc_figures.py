@@ -1,6 +1,6 @@
 """The figures the docs quote from files in the repository (benchmark JSON, the study's runs,
-the Slurm profile, the configs, the workflow's rules) are what those files say now: the docs' cog blocks
-(docs/figures.py) would write nothing new."""
+the Slurm profile, the configs, the workflow's rules) are what those files say now: the docs'
+cog blocks (docs/figures.py and its neighbours) would write nothing new."""
 
 import subprocess
 import sys
