@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import statistics
 import textwrap
 from functools import cache
@@ -24,7 +23,6 @@ CONFIGS = [
     ROOT / "config" / "experiments" / "regime-imagenette.yaml",
     ROOT / "config" / "experiments" / "regime-imagenette-ablations.yaml",
 ]
-RUN_NAME = re.compile(r"regime-(?P<method>[a-z-]+)-b(?P<batch>\d+)-seed(?P<seed>\d+)")
 RECIPES = ["goyal", "akiba", "lars"]
 # The paper's recipe, what each ablation changes of it, then the two recipes it is set against
 # and LARS without its schedule and label smoothing.
@@ -43,23 +41,14 @@ PAPER_BATCH = 240  # 39 steps an epoch, as ImageNet's 1,281,167 images at 32,768
 
 @cache
 def runs() -> list[dict[str, Any]]:
-    """Every committed run: its summary, its updates, and where it sits in the study."""
+    """Every committed run's summary (method, minibatch, seed, top-1, noise scale) and the
+    updates it made."""
     found = []
     for folder in sorted(p for p in RUNS.iterdir() if p.is_dir()):
-        name = RUN_NAME.fullmatch(folder.name)
-        assert name, f"{folder}: not a regime-<method>-b<batch>-seed<seed> folder"
         summary = json.loads((folder / "summary.json").read_text())
         done = json.loads((folder / "train_done.json").read_text())
         assert summary["experiment"] == folder.name, f"{folder}: holds another run's summary"
-        found.append(
-            {
-                **summary,
-                "method": name["method"],
-                "global_batch": int(name["batch"]),
-                "seed": int(name["seed"]),
-                "updates": done["iterations"],
-            }
-        )
+        found.append({**summary, "updates": done["iterations"]})
     return found
 
 
@@ -190,8 +179,3 @@ def cost_line() -> str:
         "start-up and the data stages come on top)."
     )
     return textwrap.fill(text, 96) + "\n"
-
-
-def run_list() -> str:
-    """The runs whose JSON the tables read."""
-    return ", ".join(f"`{r['experiment']}`" for r in runs()) + ".\n"
