@@ -280,6 +280,10 @@ down() {
   for daemon in slurmctld slurmdbd mariadbd munged; do stop_pid "$daemon"; done
   remove_network
   rm -f /run/mysqld/mysqld.sock
+  # The accounting database and daemon state go too (the database alone is ~180 MB); the logs
+  # stay in $DIR/log for a failure's post-mortem.
+  rm -rf "$DIR/mysql" "$DIR/ctld" "$DIR/pids"
+  for node in "${NODES[@]}"; do rm -rf "${DIR:?}/$node"; done
   # Take our configs away too: with a slurm.conf naming a controller that is not running, every
   # Slurm client waits ~9 s before it fails, and the Snakemake Slurm plugin runs
   # `scontrol show config` whenever Snakemake starts, even for local runs (10.7 s instead of
@@ -313,8 +317,6 @@ up() {
   local start=$SECONDS
   install_packages
   down >/dev/null 2>&1 || true
-  rm -rf "$DIR/ctld"
-  for node in "${NODES[@]}"; do rm -rf "${DIR:?}/$node"; done
   make_network
   write_configs
   start_munge

@@ -73,9 +73,9 @@ def test_the_docs_have_shell_commands():
 
 
 @pytest.fixture(scope="module")
-def workflow_copy(tmp_path_factory) -> Path:
+def workflow_copy(module_tmp) -> Path:
     """The workflow's files in a folder of their own: dry runs there leave the project alone."""
-    copy = tmp_path_factory.mktemp("workflow")
+    copy = module_tmp("workflow")
     for name in WORKFLOW:
         source = PROJECT / name
         if source.is_dir():
@@ -86,11 +86,11 @@ def workflow_copy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_root(tmp_path_factory) -> Path:
+def tiny_root(module_tmp) -> Path:
     """An ImageNet-shaped tree of one image, for data roots the docs export."""
     from synthetic import write_image_tree
 
-    root = tmp_path_factory.mktemp("tiny") / "images"
+    root = module_tmp("tiny") / "images"
     write_image_tree(root, classes=1, train=1, val=1, sizes=[(40, 40)], plain=True)
     return root
 

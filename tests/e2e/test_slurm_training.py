@@ -43,9 +43,9 @@ INHERITED_PORT = "12345"
 
 
 @pytest.fixture(scope="module")
-def digits(tmp_path_factory):
+def digits(module_tmp):
     """The demo's digits, sharded once for the module."""
-    tmp = tmp_path_factory.mktemp("digits")
+    tmp = module_tmp("digits")
     path = demo_on_slurm(tmp, None)
     for stage in ("demo-data", "index", "shard", "verify"):
         run_stage(stage, "--config", str(path))
@@ -53,21 +53,21 @@ def digits(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(slurm, digits, tmp_path_factory):
+def reference(slurm, digits, module_tmp):
     """An uninterrupted run over both nodes, for the interrupted ones to end equal to."""
-    path = demo_on_slurm(tmp_path_factory.mktemp("reference"), digits)
+    path = demo_on_slurm(module_tmp("reference"), digits)
     run_stage("train", "--config", str(path))
     return path
 
 
 @pytest.fixture(scope="module")
-def one_epoch(slurm, digits, tmp_path_factory):
+def one_epoch(slurm, digits, module_tmp):
     """One epoch of 3 steps over both nodes (4 x 96 images a step), a checkpoint after each,
     submitted from a shell that exports MASTER_PORT. The small-input stem keeps layer4 at
     4 x 4: at 1 x 1, BN over 32 nearly constant values turns summation-order bits into
     differences of 1e-2 within three steps, where this model stays within 1e-4."""
     path = demo_on_slurm(
-        tmp_path_factory.mktemp("one-epoch"),
+        module_tmp("one-epoch"),
         digits,
         model={"small_input": True},
         train={"epochs": 1, "batch_per_worker": 96, "log_every": 1, "keep_checkpoints": 10},

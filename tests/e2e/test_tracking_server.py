@@ -129,7 +129,9 @@ def test_four_trainings_logging_at_once_lose_and_repeat_nothing(server, syntheti
         summary = ReportPaths.of(config).summary
         got = Path(client.download_artifacts(run_id, f"report/{summary.name}", str(tmp_path)))
         assert got.read_bytes() == summary.read_bytes()
-        logged = mlflow.pytorch.load_model(run.data.tags["model_uri"])  # an exported program
+        model_copy = tmp_path / config.experiment  # not MLflow's default, a /tmp it keeps
+        model_copy.mkdir()
+        logged = mlflow.pytorch.load_model(run.data.tags["model_uri"], dst_path=str(model_copy))
         final = torch.load(RunPaths.of(config).final, weights_only=True)
         trained = build_model(config.model, final["num_classes"])
         trained.load_state_dict(final["model"])

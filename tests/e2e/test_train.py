@@ -26,9 +26,9 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def demo_shards(tmp_path_factory):
+def demo_shards(module_tmp):
     """The demo's digits, indexed and sharded once for the module."""
-    tmp = tmp_path_factory.mktemp("demo")
+    tmp = module_tmp("demo")
     config = demo_config(tmp, None)
     for stage in ("demo-data", "index", "shard"):
         run_stage(stage, "--config", str(config))
@@ -45,8 +45,8 @@ def states_equal(a, b):
 
 
 @pytest.fixture(scope="module")
-def finished(demo_shards, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("finished")
+def finished(demo_shards, module_tmp):
+    folder = module_tmp("finished")
     path = demo_config(folder, demo_shards)
     result = train(path)
     return load_config(path), result

@@ -40,8 +40,8 @@ SMALL_RUN = {
 
 
 @pytest.fixture(scope="module")
-def workflow(tmp_path_factory, synthetic_tree):
-    tmp = tmp_path_factory.mktemp("workflow")
+def workflow(module_tmp, synthetic_tree):
+    tmp = module_tmp("workflow")
     path = write_config(tmp, synthetic_tree.root, experiment="small", **SMALL_RUN)
     result = snakemake(tmp, "--cores", "2", "--configfile", str(path))
     return tmp, path, load_config(path), result
@@ -258,7 +258,8 @@ def test_the_exported_model_loads_without_the_project_and_from_mlflow(workflow, 
     client = MlflowClient(config.tracking_uri)
     assert client.get_run(summary["mlflow_run_id"]).data.tags["model_uri"] == summary["model_uri"]
     mlflow.set_tracking_uri(config.tracking_uri)
-    logged = mlflow.pytorch.load_model(summary["model_uri"])
+    # dst_path: MLflow otherwise downloads into a /tmp folder it never deletes.
+    logged = mlflow.pytorch.load_model(summary["model_uri"], dst_path=str(tmp_path))
     torch.testing.assert_close(logged(inputs), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -18,9 +18,9 @@ from synthetic import write_image_tree
 
 
 @pytest.fixture(scope="module")
-def large_images(tmp_path_factory) -> Path:
+def large_images(module_tmp) -> Path:
     """Large images, so that a shard takes seconds: time to be stopped mid-write."""
-    root = tmp_path_factory.mktemp("large") / "images"
+    root = module_tmp("large") / "images"
     write_image_tree(root, classes=2, train=24, val=6, sizes=[(1600, 1200)])
     return root
 

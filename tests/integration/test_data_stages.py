@@ -29,10 +29,10 @@ def _jpeg(image: Image.Image, **options) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory, image_tree):
+def dataset(module_tmp, image_tree):
     """The tree plus one more of each kind of file ImageNet really contains, and some it
     should not."""
-    tmp = tmp_path_factory.mktemp("stages")
+    tmp = module_tmp("stages")
     root = tmp / "images"
     shutil.copytree(image_tree.root, root)
     wnid = sorted(p.name for p in (root / "train").iterdir())[0]

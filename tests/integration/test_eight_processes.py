@@ -22,10 +22,10 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def data_config(tmp_path_factory):
+def data_config(module_tmp):
     """96 train images in 3 classes: one global minibatch of 8 x 4 = 32, three steps."""
     return small_images(
-        tmp_path_factory.mktemp("eight"),
+        module_tmp("eight"),
         32,
         train={"epochs": 1, "batch_per_worker": 4, "allreduce_dtype": "fp32", "val_batch": 4},
         # Momentum SGD: 8 terms summed in another order differ in their last bits, and the

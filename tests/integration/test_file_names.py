@@ -44,8 +44,8 @@ def run(stage: str, config: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def odd_tree(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("names")
+def odd_tree(module_tmp):
+    tmp = module_tmp("names")
     root = tmp / "images"
     write_image_tree(root, classes=2, train=8, val=2, plain=True)
     folder = sorted((root / "train").iterdir())[0]

@@ -28,8 +28,8 @@ from synthetic import class_colour, write_image_tree
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("loader")
+def shards(module_tmp):
+    tmp = module_tmp("loader")
     write_image_tree(tmp / "images", classes=3, train=12, val=5, sizes=[(64, 48)], plain=True)
     config = build_shards(write_config(tmp, tmp / "images"))
     return DataPaths.of(config)

@@ -17,10 +17,10 @@ WORLD = 2
 
 
 @pytest.fixture(scope="module")
-def data_config(tmp_path_factory):
+def data_config(module_tmp):
     """48 train images in 3 classes: 3 steps of 2 x 8 an epoch."""
     return small_images(
-        tmp_path_factory.mktemp("resume"),
+        module_tmp("resume"),
         16,
         train={
             "epochs": 2,
@@ -42,7 +42,7 @@ def uninterrupted(data_config):
 
 
 @pytest.fixture(scope="module")
-def resumed(data_config, uninterrupted, tmp_path_factory):
+def resumed(data_config, uninterrupted, module_tmp):
     """Resumed from the checkpoint after step 1 of epoch 1 (rank 0's view of the folder),
     while rank 1's view of the checkpoint folder, a copy elsewhere, also holds the one after
     step 2: a late write that rank 1 alone sees. Each rank reports what it opened and handed
@@ -53,7 +53,7 @@ def resumed(data_config, uninterrupted, tmp_path_factory):
     mine = RunPaths.of(config).checkpoints
     mine.mkdir(parents=True)
     shutil.copy(source / kept, mine / kept)
-    other_root = tmp_path_factory.mktemp("rank1-view")
+    other_root = module_tmp("rank1-view")
     rank1 = experiment(data_config, "resumed")
     rank1 = rank1.model_copy(update={"results_dir": str(other_root / "results")})
     theirs = RunPaths.of(rank1).checkpoints
@@ -61,7 +61,7 @@ def resumed(data_config, uninterrupted, tmp_path_factory):
     for name in (kept, "ckpt-e0001-s0000002.pt"):
         shutil.copy(source / name, theirs / name)
     (other_root / "results" / "data").symlink_to(config.results_path / "data")
-    watch = tmp_path_factory.mktemp("watch")
+    watch = module_tmp("watch")
     run_processes(config, WORLD, rank_configs=[config, rank1], watch=watch, timeout_s=120)
     reports = [json.loads((watch / f"rank{r}.json").read_text()) for r in range(WORLD)]
     return config, reports

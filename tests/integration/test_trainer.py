@@ -29,10 +29,10 @@ from training_runs import (
 
 
 @pytest.fixture(scope="module")
-def data_config(tmp_path_factory):
+def data_config(module_tmp):
     """48 train / 12 val synthetic images in 3 classes, sharded once for this module."""
     return small_images(
-        tmp_path_factory.mktemp("trainer"),
+        module_tmp("trainer"),
         16,
         train={"epochs": 1, "batch_per_worker": 8, "allreduce_dtype": "fp32"},
         schedule={"base_lr": 0.05},
