@@ -4,7 +4,7 @@
 # make bench-scale - ImageNet-sized inputs and 1,024 workers, simulated (docs/scaling.md)
 # make lint  - ruff, snakemake --lint, snakefmt, the config schema and the docs' figures
 # make docs  - write the docs' generated figures (cog blocks) and config/README.md
-# make reproduce - the regime study of docs/reproduction.md (about 6 h on 2 cores; resumes)
+# make reproduce - the regime study of docs/reproduction.md (about 7 h on 2 cores; resumes)
 # make reproduce-short - its 8-epoch sweep (about 40 min on 2 cores)
 # make ui    - the MLflow UI on http://127.0.0.1:5000 (PORT=... to change)
 SHELL := /bin/bash
