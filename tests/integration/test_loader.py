@@ -1,8 +1,10 @@
 import io
+import mmap
 import os
 import pickle
 import shutil
 from multiprocessing.reduction import ForkingPickler
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -255,3 +257,29 @@ def test_a_pool_sent_to_a_spawned_worker_shares_its_flags(monkeypatch):
     assert pool.flags.tolist() == [0, 0, 0, 1, 0, 0]  # seen by the consumer's pool
     pool.release(slot.index)
     assert copy.take(16)[1] == slot  # and the release by the worker's copy
+
+
+def _shared_memory_resident_kb() -> int:
+    lines = Path("/proc/self/status").read_text().splitlines()
+    status = dict(line.split(":", 1) for line in lines)
+    return int(status["RssShmem"].split()[0])
+
+
+def test_a_worker_makes_and_faults_in_all_its_buffers_at_its_first_batch(monkeypatch):
+    """No later batch may pay for a new buffer's page faults: all are made, and written to,
+    at the first."""
+    pool = SharedBatchPool(workers=1, buffers_per_worker=3)
+    monkeypatch.setattr(batch_pool, "_worker_pool", None)  # restored after the test
+    pool.attach(0)
+    nbytes = 256 * mmap.PAGESIZE
+    before = _shared_memory_resident_kb()
+    storage, slot = pool.take(nbytes)
+    assert _shared_memory_resident_kb() - before >= 3 * nbytes // 1024
+    made = {buffer.data_ptr() for buffer in pool._buffers.values()}
+    assert len(made) == 3 and storage.data_ptr() in made
+    taken = [slot]
+    for _ in range(6):  # two buffers in use at a time: the pool's own, every time
+        storage, slot = pool.take(nbytes)
+        assert slot is not None and storage.data_ptr() in made
+        taken.append(slot)
+        pool.release(taken.pop(0).index)
