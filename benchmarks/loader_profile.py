@@ -4,10 +4,11 @@ collation is none, the workers send whole batches), the workers (their per-image
 the one-core ceiling's, and how much of the wall time they compute), and the machine's share
 to neither.
 
-The consumer runs its loop under cProfile; the workers' CPU times come from psutil. Each
-figure is per batch of the steady state, after one batch per worker.
+The consumer runs its loop under cProfile; the workers' CPU times come from psutil, their page
+faults from /proc (Linux). Each figure is per batch of the steady state, after one batch per
+worker; with --repeats, the median of the runs (each run's figures are in the JSON too).
 
-    python benchmarks/loader_profile.py [--batches 120] [--batch 64] [--workers 2]
+    python benchmarks/loader_profile.py [--batches 140] [--batch 64] [--workers 2] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import cProfile
 import io
 import os
 import pstats
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,6 +36,12 @@ from pipeline.data.samplers import TrainBatchSampler  # noqa: E402
 from pipeline.data.transforms import TrainTransform  # noqa: E402
 
 
+def minor_faults(pid: int) -> int:
+    """Page faults served without I/O so far (a page zero-filled or mapped), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])
+
+
 def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     sampler = TrainBatchSampler(len(dataset), batch, seed=0)
@@ -44,6 +52,7 @@ def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
     me = psutil.Process()
     children = me.children()
     before = {c.pid: c.cpu_times() for c in children}
+    faults_before = sum(minor_faults(c.pid) for c in children)
     own_before = time.process_time()
     profiler = cProfile.Profile()
     start = time.perf_counter()
@@ -57,6 +66,7 @@ def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
         (c.cpu_times().user + c.cpu_times().system) - (before[c.pid].user + before[c.pid].system)
         for c in children
     )
+    worker_faults = sum(minor_faults(c.pid) for c in children) - faults_before
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(12)
     del iterator, loader
@@ -67,6 +77,7 @@ def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
         "consumer_cpu_ms_per_batch": 1000 * consumer_cpu / batches,
         "worker_cpu_ms_per_batch": 1000 * worker_cpu / batches,
         "worker_cpu_us_per_image": 1e6 * worker_cpu / images,
+        "worker_page_faults_per_batch": worker_faults / batches,
         "cores_busy": (consumer_cpu + worker_cpu) / (wall * (os.cpu_count() or 1)),
         "workers_busy": worker_cpu / (wall * workers),
         "consumer_profile": text.getvalue(),
@@ -79,18 +90,31 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=PROJECT / "results/bench")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batches", type=int, default=120)
+    parser.add_argument("--batches", type=int, default=140)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
     shards = build_shards(args.data, args.work, "loader")
-    one_core = ceiling(shards, 1000)
-    result = profile(shards, args.batch, args.workers, args.batches)
-    result["ceiling_us_per_image"] = 1e6 / one_core
-    result["ceiling_x_workers_img_s"] = one_core * args.workers
-    torch.set_num_threads(os.cpu_count() or 1)
-    write_benchmark_report(args.out / "loader_profile.json", "loader_profile", args, **result)
-    print(result.pop("consumer_profile"))
-    for key, value in result.items():
+    runs = []
+    for _ in range(args.repeats):
+        # The ceiling's window as long as the profiled one: a short one is the noisiest figure.
+        one_core = ceiling(shards, args.batches * args.batch)
+        torch.set_num_threads(os.cpu_count() or 1)
+        run = profile(shards, args.batch, args.workers, args.batches)
+        run["ceiling_us_per_image"] = 1e6 / one_core
+        run["ceiling_x_workers_img_s"] = one_core * args.workers
+        runs.append(run)
+    figures = {
+        key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "consumer_profile"
+    }
+    listing = runs[0]["consumer_profile"]  # one run's listing: cProfile's items, not figures
+    per_run = [{k: v for k, v in r.items() if k != "consumer_profile"} for r in runs]
+    write_benchmark_report(
+        args.out / "loader_profile.json", "loader_profile", args,
+        **figures, runs=per_run, consumer_profile=listing,
+    )  # fmt: skip
+    print(listing)
+    for key, value in figures.items():
         print(f"{key}: {value:,.3f}")
 
 
