@@ -2,10 +2,13 @@
 
 Both read the same JPEGs with the same augmentation (RandomResizedCrop 224, scale 0.08-1,
 horizontal flip, ImageNet normalisation), batch size and worker count. Every repeat runs all
-five variants (the two ceilings below, ImageFolder, ours, ours + CPU normalize) in a balanced
-order (`benchmarks/order.py`); the table gives each one's median images/s, and each ratio as
-the median of the ratios within a repeat with its bootstrap 95 % interval
-(`benchmarks/stats.py`): variants timed in the same repeat drift together on a noisy machine.
+five variants (the two ceilings below, ImageFolder, ours, ours + CPU normalize); the table
+gives each one's median images/s, and each ratio as the median of the ratios within a repeat
+with its bootstrap 95 % interval (`benchmarks/stats.py`): variants timed in the same repeat
+drift together on a noisy machine. Ours runs between the two ceilings it is divided by (one
+before it, one after, swapping sides every repeat), since a shared machine's speed with both
+cores busy can change within seconds; that group, ImageFolder and ours + CPU normalize run in
+a balanced order (`benchmarks/order.py`).
 
 Our loader hands uint8 batches to the training process, which normalises them on the GPU
 (`Normalizer`); ImageFolder's workers normalise on the CPU. The table gives ours both ways:
@@ -13,12 +16,12 @@ as delivered (uint8, what a GPU run consumes) and with the normalisation done on
 consuming process (what a CPU-only run pays).
 
 The ceiling is our per-image decode + crop + resize in a tight loop on one core, times the
-number of workers: what the workers could deliver with zero loader overhead. Also measured: that
-loop in as many processes as workers at once (summed), which is what this machine gives
-parallel workers at best.
+number of workers: what the workers could deliver with zero loader overhead, were the cores
+independent. Also measured: that loop in as many processes as workers at once (all their images
+over the time until the last ends), which is what the machine gives parallel workers at best.
 
     python benchmarks/loader.py                      # --data: ImageNet-style folder tree
-    python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 10 --varied
+    python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 12 --varied
 """
 
 from __future__ import annotations
@@ -171,25 +174,44 @@ def ceiling(shards: Path, count: int, start_together=None) -> float:
     return rate
 
 
-def _ceiling_process(shards: Path, count: int, barrier, rates) -> None:
-    rates.put(ceiling(shards, count, barrier))
+def _ceiling_process(shards: Path, count: int, barrier, ends) -> None:
+    ceiling(shards, count, barrier)
+    ends.put(time.perf_counter())  # CLOCK_MONOTONIC: comparable between processes
 
 
 def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
-    """The tight loops of `processes` processes at once, summed: what the workers could reach
-    on this machine at best (cores shared with the system, memory bandwidth, neighbours)."""
+    """The tight loops of `processes` processes at once: all their images over the time from
+    their common start to the last one's end, which is what the workers could reach on this
+    machine at best (cores shared with the system, memory bandwidth, neighbours). Summing each
+    loop's own rate would overstate it: a loop that ends early leaves the other a free core."""
     context = mp.get_context("fork")
-    barrier, rates = context.Barrier(processes), context.Queue()
+    barrier, ends = context.Barrier(processes + 1), context.Queue()
     started = [
-        context.Process(target=_ceiling_process, args=(shards, count, barrier, rates))
+        context.Process(target=_ceiling_process, args=(shards, count, barrier, ends))
         for _ in range(processes)
     ]
     for process in started:
         process.start()
-    total = sum(rates.get() for _ in started)
+    barrier.wait()
+    start = time.perf_counter()
+    last_end = max(ends.get() for _ in started)
     for process in started:
         process.join()
-    return total
+    images = min(count, len(ShardDataset(shards, TrainTransform(224, seed=0))))
+    return processes * images / (last_end - start)
+
+
+def run_order(repeat: int) -> list[str]:
+    """The variants in the order they run in `repeat`: ours between its two ceilings, which
+    swap sides every repeat; that group and the other two in a balanced order (a full cycle
+    is 6 repeats)."""
+    group = ["ceiling", "ours", "concurrent_ceiling"]
+    if repeat % 2:
+        group.reverse()
+    order = []
+    for unit in balanced_order(["imagefolder", "ours_cpu_norm", "ours between ceilings"], repeat):
+        order.extend(group if unit == "ours between ceilings" else [unit])
+    return order
 
 
 def compare(name: str, image_root: Path, shards: Path, args) -> dict:
@@ -211,7 +233,7 @@ def compare(name: str, image_root: Path, shards: Path, args) -> dict:
     }
     rates: dict[str, list[float]] = {key: [] for key in runs}
     for repeat in range(args.repeats):  # all variants in every repeat: drift hits all alike
-        for key in balanced_order(list(runs), repeat):
+        for key in run_order(repeat):
             rates[key].append(runs[key](repeat))
         done = ", ".join(f"{k} {v[-1]:.0f}/s" for k, v in rates.items())
         print(f"  [{name}] repeat {repeat + 1}: {done}", flush=True)
@@ -245,7 +267,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batches", type=int, default=80, help="timed batches per run")
     parser.add_argument(
-        "--repeats", type=int, default=10, help="a multiple of 10 balances the five variants' order"
+        "--repeats", type=int, default=12, help="a multiple of 6 balances the variants' order"
     )
     parser.add_argument("--varied", action="store_true", help="also images of varied size")
     args = parser.parse_args()

@@ -37,3 +37,18 @@ def test_every_variant_runs_first_equally_often() -> None:
     names = ["a", "b", "c", "d", "e", "f"]
     firsts = Counter(balanced_order(names, repeat)[0] for repeat in range(len(names)))
     assert set(firsts.values()) == {1}
+
+
+def test_the_loader_benchmark_runs_ours_between_its_two_ceilings_each_side_equally() -> None:
+    from benchmarks.loader import run_order
+
+    before = Counter()
+    for repeat in range(6):
+        order = run_order(repeat)
+        assert sorted(order) == sorted(
+            ["ceiling", "concurrent_ceiling", "imagefolder", "ours", "ours_cpu_norm"]
+        )
+        at = order.index("ours")
+        assert {order[at - 1], order[at + 1]} == {"ceiling", "concurrent_ceiling"}, order
+        before[order[at - 1]] += 1
+    assert before == {"ceiling": 3, "concurrent_ceiling": 3}
