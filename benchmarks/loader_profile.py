@@ -2,7 +2,8 @@
 consuming process (the DataLoader's hand-over: the result queue, unpickling, the index queue;
 collation is none, the workers send whole batches), the workers (their per-image cost beside
 the one-core ceiling's, and how much of the wall time they compute), and the machine's share
-to neither.
+to neither. Then, in one process and paired batch by batch, what a worker's reading of each row
+and its writing into a shared batch add to the ceiling's loop.
 
 The consumer runs its loop under cProfile; the workers' CPU times come from psutil, their page
 faults from /proc (Linux). Each figure is per batch of the steady state, after one batch per
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import mmap
 import os
 import pstats
 import statistics
@@ -31,6 +33,7 @@ sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loader import build_shards, ceiling  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
+from pipeline.data.batch_pool import faulted_in_shared  # noqa: E402
 from pipeline.data.loader import ShardDataset, make_loader  # noqa: E402
 from pipeline.data.samplers import TrainBatchSampler  # noqa: E402
 from pipeline.data.transforms import TrainTransform  # noqa: E402
@@ -40,6 +43,67 @@ def minor_faults(pid: int) -> int:
     """Page faults served without I/O so far (a page zero-filled or mapped), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[7])
+
+
+def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
+    """A worker's per-image work in one process against the ceiling's loop, batch by batch
+        in a rotating order: what reading a row (with its crc check) and writing each crop into a
+        shared batch buffer add, without the DataLoader and without a second process; and what
+    making one pool buffer costs, against private memory."""
+    torch.set_num_threads(1)
+    dataset = ShardDataset(shards, TrainTransform(224, seed=0))
+    jpegs = [dataset.read(i)[0] for i in range(batch * batches)]
+    hot = torch.empty(224, 224, 3, dtype=torch.uint8)
+    shared = torch.empty(0, dtype=torch.uint8).set_(
+        torch.UntypedStorage._new_shared(batch * 224 * 224 * 3), 0, (batch, 224, 224, 3)
+    )
+    shared.fill_(0)  # faulted in, as the pool's buffers are
+
+    def ceiling_loop(rows: range) -> None:
+        for i in rows:
+            dataset.transform(jpegs[i], 1, i, hot)
+
+    def with_read(rows: range) -> None:
+        for i in rows:
+            dataset.transform(dataset.read(i)[0], 1, i, hot)
+
+    def into_batch(rows: range) -> None:
+        for k, i in enumerate(rows):
+            dataset.transform(jpegs[i], 1, i, shared[k])
+
+    variants = {"ceiling loop": ceiling_loop, "+ read": with_read, "+ batch buffer": into_batch}
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    for b in range(batches):
+        rows = range(b * batch, (b + 1) * batch)
+        names = list(variants)
+        for name in names[b % 3 :] + names[: b % 3]:
+            start = time.perf_counter()
+            variants[name](rows)
+            seconds[name].append(time.perf_counter() - start)
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = seconds["ceiling loop"]
+    nbytes = batch * 224 * 224 * 3
+    make_ms = {"shared": [], "private": []}
+    for _ in range(5):  # a pool buffer made and faulted in, against private memory
+        start = time.perf_counter()
+        faulted_in_shared(nbytes)
+        make_ms["shared"].append(1e3 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        private = mmap.mmap(-1, nbytes)  # fresh anonymous pages, as a new malloc'ed block
+        torch.frombuffer(private, dtype=torch.uint8)[:: mmap.PAGESIZE].zero_()
+        make_ms["private"].append(1e3 * (time.perf_counter() - start))
+
+    def vs_base(name: str) -> float:
+        return statistics.median(t / c for t, c in zip(seconds[name], base, strict=True))
+
+    return {
+        "ceiling_loop_us_per_image": 1e6 * statistics.median(base) / batch,
+        "read_vs_ceiling_loop": vs_base("+ read"),
+        "batch_buffer_vs_ceiling_loop": vs_base("+ batch buffer"),
+        "buffer_mb": nbytes / 1e6,
+        "make_shared_buffer_ms": statistics.median(make_ms["shared"]),
+        "make_private_buffer_ms": statistics.median(make_ms["private"]),
+    }
 
 
 def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
@@ -104,6 +168,7 @@ def main() -> None:
         run["ceiling_us_per_image"] = 1e6 / one_core
         run["ceiling_x_workers_img_s"] = one_core * args.workers
         runs.append(run)
+    in_one_process = one_process_costs(shards, args.batch, args.batches)
     figures = {
         key: statistics.median(r[key] for r in runs) for key in runs[0] if key != "consumer_profile"
     }
@@ -111,10 +176,10 @@ def main() -> None:
     per_run = [{k: v for k, v in r.items() if k != "consumer_profile"} for r in runs]
     write_benchmark_report(
         args.out / "loader_profile.json", "loader_profile", args,
-        **figures, runs=per_run, consumer_profile=listing,
+        **figures, runs=per_run, one_process=in_one_process, consumer_profile=listing,
     )  # fmt: skip
     print(listing)
-    for key, value in figures.items():
+    for key, value in (figures | in_one_process).items():
         print(f"{key}: {value:,.3f}")
 
 

@@ -19,8 +19,8 @@ process can still see it:
   and the worker's share of the round trip, all on the consumer's CPU.
 * A worker makes all its buffers at its first batch and writes to every page of them, so that
   the page faults and the kernel's zero-filling are paid then, once, and not by whichever
-  later batch first needs one more buffer (a 9.6 MB shared buffer takes 7-9 ms to fault in on
-  a sandboxed kernel, twice what private memory takes).
+  later batch first needs one more buffer (8-10 ms for a 9.6 MB buffer on a sandboxed
+  kernel: half a batch of a worker's time at 224 px, `benchmarks/loader_profile.py`).
 * A worker with no free buffer allocates a fresh, unpooled one: a consumer that keeps batches
   (a list of them, say) costs memory, never correctness.
 
@@ -91,12 +91,12 @@ class SharedBatchPool:
         first = self._worker_id * self.buffers_per_worker
         slots = range(first, first + self.buffers_per_worker)
         if not self._buffers:  # this worker's first batch: all its buffers now (module doc)
-            self._buffers = {index: _faulted_in(nbytes) for index in slots}
+            self._buffers = {index: faulted_in_shared(nbytes) for index in slots}
         for index in slots:
             if self._flags[index] == 0:
                 storage = self._buffers[index]
                 if storage.nbytes() < nbytes:
-                    storage = _faulted_in(nbytes)
+                    storage = faulted_in_shared(nbytes)
                     self._buffers[index] = storage
                     self._sent.discard(index)
                 self._flags[index] = 1
@@ -107,7 +107,7 @@ class SharedBatchPool:
         self._flags[index] = 0
 
 
-def _faulted_in(nbytes: int) -> torch.UntypedStorage:
+def faulted_in_shared(nbytes: int) -> torch.UntypedStorage:
     """A shared storage of `nbytes` with every page already written (faulted in)."""
     storage = torch.UntypedStorage._new_shared(nbytes)
     torch.empty(0, dtype=torch.uint8).set_(storage)[:: mmap.PAGESIZE].zero_()
