@@ -46,18 +46,19 @@ def minor_faults(pid: int) -> int:
 
 
 def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
-    """A worker's per-image work in one process against the ceiling's loop, batch by batch
-        in a rotating order: what reading a row (with its crc check) and writing each crop into a
-        shared batch buffer add, without the DataLoader and without a second process; and what
+    """A worker's per-image work in one process against the ceiling's loop, batch by batch in
+    a rotating order: what reading a row (with its crc check) and writing each crop into a
+    shared batch buffer add, without the DataLoader and without a second process; and what
     making one pool buffer costs, against private memory."""
     torch.set_num_threads(1)
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     jpegs = [dataset.read(i)[0] for i in range(batch * batches)]
     hot = torch.empty(224, 224, 3, dtype=torch.uint8)
+    nbytes = batch * 224 * 224 * 3
+    # Faulted in, as the pool's buffers are.
     shared = torch.empty(0, dtype=torch.uint8).set_(
-        torch.UntypedStorage._new_shared(batch * 224 * 224 * 3), 0, (batch, 224, 224, 3)
+        faulted_in_shared(nbytes), 0, (batch, 224, 224, 3)
     )
-    shared.fill_(0)  # faulted in, as the pool's buffers are
 
     def ceiling_loop(rows: range) -> None:
         for i in rows:
@@ -82,7 +83,6 @@ def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
             seconds[name].append(time.perf_counter() - start)
     torch.set_num_threads(os.cpu_count() or 1)
     base = seconds["ceiling loop"]
-    nbytes = batch * 224 * 224 * 3
     make_ms = {"shared": [], "private": []}
     for _ in range(5):  # a pool buffer made and faulted in, against private memory
         start = time.perf_counter()
@@ -163,7 +163,6 @@ def main() -> None:
     for _ in range(args.repeats):
         # The ceiling's window as long as the profiled one: a short one is the noisiest figure.
         one_core = ceiling(shards, args.batches * args.batch)
-        torch.set_num_threads(os.cpu_count() or 1)
         run = profile(shards, args.batch, args.workers, args.batches)
         run["ceiling_us_per_image"] = 1e6 / one_core
         run["ceiling_x_workers_img_s"] = one_core * args.workers
