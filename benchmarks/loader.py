@@ -17,8 +17,10 @@ consuming process (what a CPU-only run pays).
 
 The ceiling is our per-image decode + crop + resize in a tight loop on one core, times the
 number of workers: what the workers could deliver with zero loader overhead, were the cores
-independent. Also measured: that loop in as many processes as workers at once (all their images
-over the time until the last ends), which is what the machine gives parallel workers at best.
+independent. It decodes the very images, crops and flips that our loader's run in the same
+repeat times (each repeat is another epoch of the sampler). Also measured: that loop in as
+many processes as workers at once (all their images over the time until the last ends), which
+is what the machine gives parallel workers at best.
 
     python benchmarks/loader.py                      # --data: ImageNet-style folder tree
     python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 12 --varied
@@ -27,6 +29,7 @@ over the time until the last ends), which is what the machine gives parallel wor
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing as mp
 import os
 import statistics
@@ -107,12 +110,30 @@ def make_varied_copy(source: Path, target: Path, per_class: int, seed: int = 0) 
     return target
 
 
+def warmup_batches(workers: int) -> int:
+    """Batches a loader run takes before its clock starts. The workers start together and
+    their first batches arrive as one burst: timing from the first batch would count that
+    burst as throughput. Steady state starts after one each."""
+    return max(1, workers)
+
+
+def window_keys(
+    dataset_size: int, batch: int, epoch: int, workers: int, batches: int
+) -> list[tuple[int, int]]:
+    """(epoch, index) of every image our loader run of `epoch` decodes while its clock runs:
+    the ceilings decode the same images with the same crops and flips, so that a repeat's
+    ratio compares the same work."""
+    sampler = TrainBatchSampler(dataset_size, batch, seed=0)
+    sampler.set_epoch(epoch)
+    start = warmup_batches(workers)
+    timed = itertools.islice(sampler, start, start + batches)
+    return [(keys.epoch, index) for keys in timed for index in keys.indices]
+
+
 def time_loader(loader, workers: int, batches: int, consume) -> float:
     """Images/s over `batches` batches, each passed to `consume`, in the steady state."""
     iterator = iter(loader)
-    # The workers start together and their first batches arrive as one burst: timing from the
-    # first batch would count that burst as throughput. Steady state starts after one each.
-    for _ in range(max(1, workers)):
+    for _ in range(warmup_batches(workers)):
         consume(next(iterator))
     images = 0
     start = time.perf_counter()
@@ -156,39 +177,44 @@ def ours_run(
     return time_loader(loader, workers, batches, consume)
 
 
-def ceiling(shards: Path, count: int, start_together=None) -> float:
-    """Images/s of decode + crop + resize alone, on one core."""
+def ceiling(shards: Path, keys: list[tuple[int, int]], start_together=None) -> float:
+    """Images/s of decode + crop + resize alone, on one core, over `keys` ((epoch, index))."""
     torch.set_num_threads(1)
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     out = torch.empty(224, 224, 3, dtype=torch.uint8)
-    jpegs = [dataset.read(i)[0] for i in range(min(count, len(dataset)))]
-    for i, jpeg in enumerate(jpegs[:20]):
-        dataset.transform(jpeg, 0, i, out)
+    jpegs = [(dataset.read(index)[0], epoch, index) for epoch, index in keys]
+    for jpeg, epoch, index in jpegs[:20]:
+        dataset.transform(jpeg, epoch, index, out)
     if start_together is not None:
         start_together.wait()
     start = time.perf_counter()
-    for i, jpeg in enumerate(jpegs):
-        dataset.transform(jpeg, 1, i, out)
+    for jpeg, epoch, index in jpegs:
+        dataset.transform(jpeg, epoch, index, out)
     rate = len(jpegs) / (time.perf_counter() - start)
     torch.set_num_threads(os.cpu_count() or 1)
     return rate
 
 
-def _ceiling_process(shards: Path, count: int, barrier, ends) -> None:
-    ceiling(shards, count, barrier)
+def _ceiling_process(shards: Path, keys: list[tuple[int, int]], barrier, ends) -> None:
+    ceiling(shards, keys, barrier)
     ends.put(time.perf_counter())  # CLOCK_MONOTONIC: comparable between processes
 
 
-def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
-    """The tight loops of `processes` processes at once: all their images over the time from
-    their common start to the last one's end, which is what the workers could reach on this
-    machine at best (cores shared with the system, memory bandwidth, neighbours). Summing each
-    loop's own rate would overstate it: a loop that ends early leaves the other a free core."""
+def concurrent_ceiling(shards: Path, keys: list[tuple[int, int]], processes: int) -> float:
+    """The tight loops of `processes` processes at once, each over all of `keys` from its own
+    starting point: all their images over the time from their common start to the last one's
+    end, which is what the workers could reach on this machine at best (cores shared with the
+    system, memory bandwidth, neighbours). Summing each loop's own rate would overstate it: a
+    loop that ends early leaves the other a free core."""
     context = mp.get_context("fork")
     barrier, ends = context.Barrier(processes + 1), context.Queue()
+    shift = len(keys) // processes
     started = [
-        context.Process(target=_ceiling_process, args=(shards, count, barrier, ends))
-        for _ in range(processes)
+        context.Process(
+            target=_ceiling_process,
+            args=(shards, keys[p * shift :] + keys[: p * shift], barrier, ends),
+        )
+        for p in range(processes)
     ]
     for process in started:
         process.start()
@@ -197,8 +223,7 @@ def concurrent_ceiling(shards: Path, count: int, processes: int) -> float:
     last_end = max(ends.get() for _ in started)
     for process in started:
         process.join()
-    images = min(count, len(ShardDataset(shards, TrainTransform(224, seed=0))))
-    return processes * images / (last_end - start)
+    return processes * len(keys) / (last_end - start)
 
 
 def run_order(repeat: int) -> list[str]:
@@ -215,12 +240,16 @@ def run_order(repeat: int) -> list[str]:
 
 
 def compare(name: str, image_root: Path, shards: Path, args) -> dict:
-    # The ceilings decode as many images as a loader run delivers: a shorter window would be
-    # the noisiest figure in every ratio on a shared machine.
-    count = args.batches * args.batch
+    # The ceilings decode the images our run of the same repeat times, as many as it delivers:
+    # a shorter window would be the noisiest figure in every ratio on a shared machine.
+    size = len(ShardDataset(shards, TrainTransform(224, seed=0)))
+
+    def keys(repeat: int) -> list[tuple[int, int]]:
+        return window_keys(size, args.batch, repeat, args.workers, args.batches)
+
     runs = {
-        "ceiling": lambda repeat: ceiling(shards, count),
-        "concurrent_ceiling": lambda repeat: concurrent_ceiling(shards, count, args.workers),
+        "ceiling": lambda repeat: ceiling(shards, keys(repeat)),
+        "concurrent_ceiling": lambda repeat: concurrent_ceiling(shards, keys(repeat), args.workers),
         "imagefolder": lambda repeat: imagefolder_run(
             image_root / "train", args.batch, args.workers, args.batches
         ),

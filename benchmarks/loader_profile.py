@@ -31,7 +31,7 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.loader import build_shards, ceiling  # noqa: E402
+from benchmarks.loader import build_shards, ceiling, warmup_batches, window_keys  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline.data.batch_pool import faulted_in_shared  # noqa: E402
 from pipeline.data.loader import ShardDataset, make_loader  # noqa: E402
@@ -106,12 +106,13 @@ def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
     }
 
 
-def profile(shards: Path, batch: int, workers: int, batches: int) -> dict:
+def profile(shards: Path, batch: int, workers: int, batches: int, epoch: int) -> dict:
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     sampler = TrainBatchSampler(len(dataset), batch, seed=0)
+    sampler.set_epoch(epoch)
     loader = make_loader(dataset, sampler, workers)
     iterator = iter(loader)
-    for _ in range(workers):  # the workers' first batches arrive together: not steady state
+    for _ in range(warmup_batches(workers)):  # not steady state yet
         next(iterator)
     me = psutil.Process()
     children = me.children()
@@ -159,11 +160,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PROJECT / "results" / "bench")
     args = parser.parse_args()
     shards = build_shards(args.data, args.work, "loader")
+    size = len(ShardDataset(shards, TrainTransform(224, seed=0)))
     runs = []
-    for _ in range(args.repeats):
-        # The ceiling's window as long as the profiled one: a short one is the noisiest figure.
-        one_core = ceiling(shards, args.batches * args.batch)
-        run = profile(shards, args.batch, args.workers, args.batches)
+    for repeat in range(args.repeats):  # each repeat another epoch: other images and crops
+        # The ceiling decodes the profiled window's images, crops and flips.
+        keys = window_keys(size, args.batch, repeat, args.workers, args.batches)
+        one_core = ceiling(shards, keys)
+        run = profile(shards, args.batch, args.workers, args.batches, repeat)
         run["ceiling_us_per_image"] = 1e6 / one_core
         run["ceiling_x_workers_img_s"] = one_core * args.workers
         runs.append(run)

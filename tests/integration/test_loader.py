@@ -122,6 +122,26 @@ def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
         assert y0.tolist() == labels[keys.indices].tolist()
 
 
+def test_the_loader_benchmarks_ceiling_decodes_what_its_timed_loader_run_delivers(shards):
+    """benchmarks/loader.py divides a loader run's rate by its ceiling's: both must decode the
+    same images with the same crops and flips."""
+    from benchmarks.loader import warmup_batches, window_keys
+
+    dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
+    epoch, workers, batches = 3, 2, 4
+    sampler = TrainBatchSampler(len(dataset), 4, seed=0)
+    sampler.set_epoch(epoch)
+    delivered = iter(make_loader(dataset, sampler, workers))
+    for _ in range(warmup_batches(workers)):
+        next(delivered)
+    timed = torch.cat([next(delivered)[0] for _ in range(batches)]).permute(0, 2, 3, 1)
+    keys = window_keys(len(dataset), 4, epoch, workers, batches)
+    decoded = torch.empty(len(keys), 32, 32, 3, dtype=torch.uint8)
+    for k, (key_epoch, index) in enumerate(keys):
+        dataset.transform(dataset.read(index)[0], key_epoch, index, decoded[k])
+    assert torch.equal(decoded, timed)
+
+
 def _buffer(images: torch.Tensor, loader) -> tuple[str, int]:
     """Which shared buffer a batch from a worker lives in: its slot in the loader's pool, or
     the inode of a fresh buffer's shared-memory file (a worker with no free buffer makes one).
