@@ -29,8 +29,6 @@ is what the machine gives parallel workers at best.
 from __future__ import annotations
 
 import argparse
-import itertools
-import multiprocessing as mp
 import os
 import statistics
 import sys
@@ -48,6 +46,12 @@ from torchvision import transforms as T
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from benchmarks.loader_ceilings import (  # noqa: E402
+    ceiling,
+    concurrent_ceiling,
+    warmup_batches,
+    window_keys,
+)
 from benchmarks.order import balanced_order  # noqa: E402
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from benchmarks.stats import median_interval, paired_ratios  # noqa: E402
@@ -110,26 +114,6 @@ def make_varied_copy(source: Path, target: Path, per_class: int, seed: int = 0) 
     return target
 
 
-def warmup_batches(workers: int) -> int:
-    """Batches a loader run takes before its clock starts. The workers start together and
-    their first batches arrive as one burst: timing from the first batch would count that
-    burst as throughput. Steady state starts after one each."""
-    return max(1, workers)
-
-
-def window_keys(
-    dataset_size: int, batch: int, epoch: int, workers: int, batches: int
-) -> list[tuple[int, int]]:
-    """(epoch, index) of every image our loader run of `epoch` decodes while its clock runs:
-    the ceilings decode the same images with the same crops and flips, so that a repeat's
-    ratio compares the same work."""
-    sampler = TrainBatchSampler(dataset_size, batch, seed=0)
-    sampler.set_epoch(epoch)
-    start = warmup_batches(workers)
-    timed = itertools.islice(sampler, start, start + batches)
-    return [(keys.epoch, index) for keys in timed for index in keys.indices]
-
-
 def time_loader(loader, workers: int, batches: int, consume) -> float:
     """Images/s over `batches` batches, each passed to `consume`, in the steady state."""
     iterator = iter(loader)
@@ -175,55 +159,6 @@ def ours_run(
     loader = make_loader(dataset, sampler, workers)
     consume = (lambda b: normalize(b[0])) if cpu_normalize else (lambda b: None)
     return time_loader(loader, workers, batches, consume)
-
-
-def ceiling(shards: Path, keys: list[tuple[int, int]], start_together=None) -> float:
-    """Images/s of decode + crop + resize alone, on one core, over `keys` ((epoch, index))."""
-    torch.set_num_threads(1)
-    dataset = ShardDataset(shards, TrainTransform(224, seed=0))
-    out = torch.empty(224, 224, 3, dtype=torch.uint8)
-    jpegs = [(dataset.read(index)[0], epoch, index) for epoch, index in keys]
-    for jpeg, epoch, index in jpegs[:20]:
-        dataset.transform(jpeg, epoch, index, out)
-    if start_together is not None:
-        start_together.wait()
-    start = time.perf_counter()
-    for jpeg, epoch, index in jpegs:
-        dataset.transform(jpeg, epoch, index, out)
-    rate = len(jpegs) / (time.perf_counter() - start)
-    torch.set_num_threads(os.cpu_count() or 1)
-    return rate
-
-
-def _ceiling_process(shards: Path, keys: list[tuple[int, int]], barrier, ends) -> None:
-    ceiling(shards, keys, barrier)
-    ends.put(time.perf_counter())  # CLOCK_MONOTONIC: comparable between processes
-
-
-def concurrent_ceiling(shards: Path, keys: list[tuple[int, int]], processes: int) -> float:
-    """The tight loops of `processes` processes at once, each over all of `keys` from its own
-    starting point: all their images over the time from their common start to the last one's
-    end, which is what the workers could reach on this machine at best (cores shared with the
-    system, memory bandwidth, neighbours). Summing each loop's own rate would overstate it: a
-    loop that ends early leaves the other a free core."""
-    context = mp.get_context("fork")
-    barrier, ends = context.Barrier(processes + 1), context.Queue()
-    shift = len(keys) // processes
-    started = [
-        context.Process(
-            target=_ceiling_process,
-            args=(shards, keys[p * shift :] + keys[: p * shift], barrier, ends),
-        )
-        for p in range(processes)
-    ]
-    for process in started:
-        process.start()
-    barrier.wait()
-    start = time.perf_counter()
-    last_end = max(ends.get() for _ in started)
-    for process in started:
-        process.join()
-    return processes * len(keys) / (last_end - start)
 
 
 def run_order(repeat: int) -> list[str]:

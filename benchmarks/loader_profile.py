@@ -2,8 +2,9 @@
 consuming process (the DataLoader's hand-over: the result queue, unpickling, the index queue;
 collation is none, the workers send whole batches), the workers (their per-image cost beside
 the one-core ceiling's, and how much of the wall time they compute), and the machine's share
-to neither. Then, in one process and paired batch by batch, what a worker's reading of each row
-and its writing into a shared batch add to the ceiling's loop.
+to neither. Then what a worker's reading of each row and its writing into a shared batch add
+to the ceiling's loop: in one process, paired batch by batch; and in as many processes as
+workers at once, paired within each repeat (`loader_ceilings.py`).
 
 The consumer runs its loop under cProfile; the workers' CPU times come from psutil, their page
 faults from /proc (Linux). Each figure is per batch of the steady state, after one batch per
@@ -31,7 +32,13 @@ import torch
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from benchmarks.loader import build_shards, ceiling, warmup_batches, window_keys  # noqa: E402
+from benchmarks.loader import build_shards  # noqa: E402
+from benchmarks.loader_ceilings import (  # noqa: E402
+    ceiling,
+    concurrent_ceiling,
+    warmup_batches,
+    window_keys,
+)
 from benchmarks.report import write_benchmark_report  # noqa: E402
 from pipeline.data.batch_pool import faulted_in_shared  # noqa: E402
 from pipeline.data.loader import ShardDataset, make_loader  # noqa: E402
@@ -106,6 +113,26 @@ def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
     }
 
 
+def concurrent_costs(
+    shards: Path, keys: list[tuple[int, int]], batch: int, workers: int, repeat: int
+) -> dict:
+    """The ceiling's loop in `workers` processes at once, three ways, in a rotating order: into
+    one hot image (the loader benchmark's loops at once), into rotating shared batch buffers
+    as workers write, and reading each row (crc check) in the loop too. What those two parts of
+    a worker's job cost while the cores run together, as images/s."""
+    variants = {
+        "loops_at_once_img_s": {},
+        "into_batch_buffers_img_s": {"batch": batch},
+        "reading_rows_too_img_s": {"batch": batch, "read_rows": True},
+    }
+    names = list(variants)
+    turn = repeat % len(names)
+    return {
+        name: concurrent_ceiling(shards, keys, workers, **variants[name])
+        for name in names[turn:] + names[:turn]
+    }
+
+
 def profile(shards: Path, batch: int, workers: int, batches: int, epoch: int) -> dict:
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     sampler = TrainBatchSampler(len(dataset), batch, seed=0)
@@ -169,6 +196,10 @@ def main() -> None:
         run = profile(shards, args.batch, args.workers, args.batches, repeat)
         run["ceiling_us_per_image"] = 1e6 / one_core
         run["ceiling_x_workers_img_s"] = one_core * args.workers
+        run |= concurrent_costs(shards, keys, args.batch, args.workers, repeat)
+        for name in ("into_batch_buffers", "reading_rows_too"):
+            run[f"{name}_vs_loops_at_once"] = run[f"{name}_img_s"] / run["loops_at_once_img_s"]
+        run["loader_vs_reading_rows_too"] = run["images_per_s"] / run["reading_rows_too_img_s"]
         runs.append(run)
     in_one_process = one_process_costs(shards, args.batch, args.batches)
     figures = {

@@ -198,6 +198,25 @@ def loader_one_process() -> str:
     )
 
 
+def loader_share_table() -> str:
+    """From the one-core ceiling to our loader, step by step (the profile's medians): what each
+    part of a worker's job costs while both cores run, as a share of the ceiling x workers."""
+    runs = f.performance("loader_profile.json")["runs"]
+    rows = [
+        ("ceiling x 2 (one-core loop, one hot image)", "ceiling_x_workers_img_s"),
+        ("two loops at once, one hot image each", "loops_at_once_img_s"),
+        ("... each image into its slot of rotating batch buffers", "into_batch_buffers_img_s"),
+        ("... and each row read (crc32 check) in the loop", "reading_rows_too_img_s"),
+        ("our loader, 2 workers (consumer under cProfile)", "images_per_s"),
+    ]
+    lines = ["| 224 px, batch 64 | images/s | share of ceiling x 2 |", "|---|---|---|"]
+    for label, key in rows:
+        rate = statistics_median(runs, key)
+        share = statistics_median([{"x": r[key] / r["ceiling_x_workers_img_s"]} for r in runs], "x")
+        lines.append(f"| {label} | {rate:,.0f} | {100 * share:.1f} % |")
+    return "\n".join(lines) + "\n"
+
+
 def loader_profile_table(before: str, after: str, columns: tuple[str, str]) -> str:
     """Two loader profiles side by side: a design and the one it replaced."""
     runs = {columns[0]: f.performance(before), columns[1]: f.performance(after)}

@@ -19,8 +19,9 @@ process can still see it:
   and the worker's share of the round trip, all on the consumer's CPU.
 * A worker makes all its buffers at its first batch and writes to every page of them, so that
   the page faults and the kernel's zero-filling are paid then, once, and not by whichever
-  later batch first needs one more buffer (8-10 ms for a 9.6 MB buffer on a sandboxed
-  kernel: half a batch of a worker's time at 224 px, `benchmarks/loader_profile.py`).
+  later batch first needs one more buffer (4-10 ms for a 9.6 MB buffer on a sandboxed
+  kernel, up to a third of a worker's time for a batch at 224 px,
+  `benchmarks/loader_profile.py`).
 * A worker with no free buffer allocates a fresh, unpooled one: a consumer that keeps batches
   (a list of them, say) costs memory, never correctness.
 

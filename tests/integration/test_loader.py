@@ -125,7 +125,7 @@ def test_loader_batches_are_uint8_channels_last_with_the_right_labels(shards):
 def test_the_loader_benchmarks_ceiling_decodes_what_its_timed_loader_run_delivers(shards):
     """benchmarks/loader.py divides a loader run's rate by its ceiling's: both must decode the
     same images with the same crops and flips."""
-    from benchmarks.loader import warmup_batches, window_keys
+    from benchmarks.loader_ceilings import warmup_batches, window_keys
 
     dataset = ShardDataset(shards.shard_dir("train"), TrainTransform(32, seed=0))
     epoch, workers, batches = 3, 2, 4
