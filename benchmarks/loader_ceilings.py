@@ -48,6 +48,12 @@ def window_keys(dataset_size: int, batch: int, epoch: int, workers: int, batches
     return [(keys.epoch, index) for keys in timed for index in keys.indices]
 
 
+def shared_batch(batch: int) -> torch.Tensor:
+    """A (batch, 224, 224, 3) uint8 batch in shared memory, faulted in as the pool's are."""
+    shape = (batch, 224, 224, 3)
+    return torch.empty(0, dtype=torch.uint8).set_(faulted_in_shared(math.prod(shape)), 0, shape)
+
+
 def ceiling(
     shards: Path,
     keys: Keys,
@@ -60,18 +66,15 @@ def ceiling(
     `read_rows`, each row is read and crc-checked inside the timed loop."""
     torch.set_num_threads(1)
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
+    hot = torch.empty(224, 224, 3, dtype=torch.uint8)
     if batch is None:
-        hot = torch.empty(224, 224, 3, dtype=torch.uint8)
         slots = itertools.repeat(hot)
     else:
-        shape = (batch, 224, 224, 3)
-        storages = [faulted_in_shared(math.prod(shape)) for _ in range(ROTATING_BUFFERS)]
-        buffers = [torch.empty(0, dtype=torch.uint8).set_(s, 0, shape) for s in storages]
+        buffers = [shared_batch(batch) for _ in range(ROTATING_BUFFERS)]
         slots = (buffers[b % ROTATING_BUFFERS][k] for b in itertools.count() for k in range(batch))
     jpegs = [(dataset.read(index)[0], epoch, index) for epoch, index in keys]
-    scratch = torch.empty(224, 224, 3, dtype=torch.uint8)
     for jpeg, epoch, index in jpegs[:20]:
-        dataset.transform(jpeg, epoch, index, scratch)
+        dataset.transform(jpeg, epoch, index, hot)
     if start_together is not None:
         start_together.wait()
     start = time.perf_counter()

@@ -34,8 +34,10 @@ sys.path.insert(0, str(PROJECT))
 
 from benchmarks.loader import build_shards  # noqa: E402
 from benchmarks.loader_ceilings import (  # noqa: E402
+    Keys,
     ceiling,
     concurrent_ceiling,
+    shared_batch,
     warmup_batches,
     window_keys,
 )
@@ -61,11 +63,8 @@ def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
     dataset = ShardDataset(shards, TrainTransform(224, seed=0))
     jpegs = [dataset.read(i)[0] for i in range(batch * batches)]
     hot = torch.empty(224, 224, 3, dtype=torch.uint8)
-    nbytes = batch * 224 * 224 * 3
-    # Faulted in, as the pool's buffers are.
-    shared = torch.empty(0, dtype=torch.uint8).set_(
-        faulted_in_shared(nbytes), 0, (batch, 224, 224, 3)
-    )
+    shared = shared_batch(batch)
+    nbytes = shared.nbytes
 
     def ceiling_loop(rows: range) -> None:
         for i in rows:
@@ -113,9 +112,7 @@ def one_process_costs(shards: Path, batch: int, batches: int) -> dict:
     }
 
 
-def concurrent_costs(
-    shards: Path, keys: list[tuple[int, int]], batch: int, workers: int, repeat: int
-) -> dict:
+def concurrent_costs(shards: Path, keys: Keys, batch: int, workers: int, repeat: int) -> dict:
     """The ceiling's loop in `workers` processes at once, three ways, in a rotating order: into
     one hot image (the loader benchmark's loops at once), into rotating shared batch buffers
     as workers write, and reading each row (crc check) in the loop too. What those two parts of

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import statistics
 import sys
 
 import figures as f
@@ -175,8 +176,6 @@ def goals_table() -> str:
 
 
 def statistics_median(runs: list[dict], key: str = "shard_job_img_s") -> float:
-    import statistics
-
     return statistics.median(r[key] for r in runs)
 
 
@@ -211,8 +210,8 @@ def loader_share_table() -> str:
     ]
     lines = ["| 224 px, batch 64 | images/s | share of ceiling x 2 |", "|---|---|---|"]
     for label, key in rows:
-        rate = statistics_median(runs, key)
-        share = statistics_median([{"x": r[key] / r["ceiling_x_workers_img_s"]} for r in runs], "x")
+        rate = statistics.median(r[key] for r in runs)
+        share = statistics.median(r[key] / r["ceiling_x_workers_img_s"] for r in runs)
         lines.append(f"| {label} | {rate:,.0f} | {100 * share:.1f} % |")
     return "\n".join(lines) + "\n"
 
