@@ -43,6 +43,7 @@ test: $(STAMP)
 # docs/performance.md). benchmarks/gpu.sh runs on a GPU machine instead.
 bench: $(STAMP)
 	python benchmarks/loader.py --varied
+	python benchmarks/loader.py --workers 1 --out results/bench/loader_one_worker.json
 	python benchmarks/preprocess.py
 	python benchmarks/trainer_step.py
 	python benchmarks/lars_step.py --repeats 40

@@ -24,6 +24,7 @@ is what the machine gives parallel workers at best.
 
     python benchmarks/loader.py                      # --data: ImageNet-style folder tree
     python benchmarks/loader.py --data DIR --workers 2 --batch 64 --repeats 12 --varied
+    python benchmarks/loader.py --workers 1 --out results/bench/loader_one_worker.json
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ def main() -> None:
         "--repeats", type=int, default=12, help="a multiple of 6 balances the variants' order"
     )
     parser.add_argument("--varied", action="store_true", help="also images of varied size")
+    parser.add_argument("--out", type=Path, help="the JSON report (default: WORK/loader.json)")
     args = parser.parse_args()
 
     results = [compare("as given", args.data, build_shards(args.data, args.work, "loader"), args)]
@@ -243,7 +245,8 @@ def main() -> None:
         shards = build_shards(varied, args.work, f"varied{per_class}")
         results.append(compare("varied size", varied, shards, args))
 
-    report = write_benchmark_report(args.work / "loader.json", "loader", args, results=results)
+    out = args.out or args.work / "loader.json"
+    report = write_benchmark_report(out, "loader", args, results=results)
     print(
         f"\nLoader benchmark: batch {args.batch}, {args.workers} workers, "
         f"{args.batches} batches per run, {args.repeats} interleaved repeats: median img/s, "

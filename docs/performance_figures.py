@@ -197,6 +197,19 @@ def loader_one_process() -> str:
     )
 
 
+def loader_one_worker() -> str:
+    """The one-worker run's share of the one-core ceiling, as a sentence."""
+    run = f.performance("loader_one_worker.json")
+    one = run["results"][0]
+    low, high = one["share_of_ceiling_interval"]
+    return (
+        f"With one worker ({run['args']['repeats']} repeats, the options otherwise as above), "
+        f"the consumer has a core of its own: our loader delivers {one['ours_img_s']:,.0f} "
+        f"img/s, {100 * one['share_of_ceiling']:.1f} % ({100 * low:.1f}-{100 * high:.1f} %) of "
+        f"the one-core ceiling ({one['ceiling_one_core_img_s']:,.0f} img/s).\n"
+    )
+
+
 def loader_share_table() -> str:
     """From the one-core ceiling to our loader, step by step (the profile's medians): what each
     part of a worker's job costs while both cores run, as a share of the ceiling x workers."""
